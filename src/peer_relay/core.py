@@ -1,0 +1,989 @@
+"""The node's state machine: link handshakes, routing, duplicate filtering, discovery, population.
+
+Sans-I/O: the core never touches a socket, starts a task, reads a clock or draws its own random
+numbers. It is fed events (a link opened, a frame arrived, the application sends, time is now T)
+and answers with :mod:`peer_relay.events` values, drained with :meth:`Core.events`. Every
+time-dependent call takes ``now`` in seconds (wall-clock based, because signed messages carry a
+timestamp); :meth:`Core.get_timer` tells when :meth:`Core.handle_timer` is next due.
+
+Nothing from the network raises out of this module: a frame that cannot be used is dropped,
+counted in :attr:`Core.stats` under a reason, and logged at debug level. Misuse by the programmer
+(a malformed id, a payload that is not JSON) raises ``ValueError`` or ``TypeError`` at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import Counter, OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from . import wire
+from .events import (
+    CloseLink,
+    ConnectResult,
+    Delivered,
+    DialWebSocket,
+    Event,
+    PeerLinked,
+    PeerUnlinked,
+    SendFrame,
+    SignalIn,
+    StartWebRTC,
+)
+from .identity import Identity, Verifier, id_for_key, verify_ed25519
+from .ids import ID_BYTES, bucket_index, hex_from_wire, parse_id, short
+from .table import KBucketTable
+from .wire import Envelope, WireError
+
+_log = logging.getLogger("peer_relay.core")
+
+Strategy = Literal["spread", "original"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every bound and policy of a node, with safe defaults."""
+
+    url: str | None = None
+    """The WebSocket URL other peers should dial; None for a peer that cannot be dialled."""
+    webrtc: bool = False
+    """Whether this peer can form WebRTC links."""
+    k: int = 20
+    """Bucket size of the routing table and of the candidate table."""
+    max_links: int = 20
+    """Most direct links kept open; extra ones push out the least useful link."""
+    max_pending_links: int = 32
+    """Most links still in their opening handshake."""
+    max_connecting: int = 8
+    """Most connection attempts (relayed handshakes) in flight at once."""
+    connect_timeout: float = 10.0
+    link_timeout: float = 10.0
+    """Seconds a new link has to complete its hello and proof."""
+    max_hops: int = wire.MAX_HOPS
+    max_frame: int = 1 << 20
+    """Largest frame accepted or sent, in bytes."""
+    seen_ttl: float = 120.0
+    """Seconds a message id stays in the duplicate filter (at least twice ``replay_window``)."""
+    max_seen: int = 65_536
+    """Most message ids held by each duplicate filter."""
+    max_queue: int = 1024
+    """Most messages waiting for a first link."""
+    max_routes: int = 1024
+    """Most reverse paths remembered (each at most ``max_hops`` ids)."""
+    route_ttl: float = 60.0
+    """Seconds a reverse path learnt from a verified message is used as a route hint."""
+    max_undialable: int = 1024
+    redundancy: int = 1
+    """How many next hops each message is forwarded to."""
+    detour: bool = True
+    """Forward even when no link is closer to the target than we are (else drop: no route)."""
+    require_auth: bool = True
+    """Refuse peers that cannot prove their id and messages that are not signed."""
+    sign: bool = True
+    """Sign the messages this peer originates."""
+    replay_window: float = 60.0
+    """Seconds a signed message's timestamp may differ from our clock."""
+    refresh_interval: float = 15.0
+    tick_interval: float = 1.0
+    near_links: int = 8
+    """Links to the peers nearest our own id that eviction never touches."""
+    link_grace: float = 20.0
+    """Seconds a new link is safe from eviction."""
+    max_strikes: int = 8
+    """Malformed frames tolerated from one link per ``strike_window`` before it is closed."""
+    strike_window: float = 60.0
+    control_rate: float = 50.0
+    """Discovery and handshake requests answered per second (burst: twice that)."""
+    bootstrap_retry: float = 5.0
+    """First delay before dialling the bootstrap peers again after losing every link."""
+    strategy: Strategy = "spread"
+    """Population policy: ``spread`` (Kademlia-style) or ``original`` (0.0.2's)."""
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) in (int, float) and value < 0:
+                raise ValueError(f"{f.name} must not be negative")
+        if self.k < 1 or self.max_links < 1 or self.redundancy < 1 or self.max_frame < 64:
+            raise ValueError("k, max_links, redundancy and max_frame must be positive")
+        if self.seen_ttl < 2 * self.replay_window:
+            raise ValueError("seen_ttl must be at least twice replay_window")
+
+
+@dataclass
+class Stats:
+    """Counters of what a node did. ``dropped`` counts dropped frames by reason."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    originated: int = 0
+    delivered: int = 0
+    relayed: int = 0
+    links_opened: int = 0
+    links_closed: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain snapshot."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["dropped"] = dict(self.dropped)
+        return out
+
+
+_DIALING, _HELLO, _PROOF, _OPEN = range(4)
+
+
+class _Link:
+    __slots__ = (
+        "authenticated",
+        "deadline",
+        "expected",
+        "handle",
+        "my_nonce",
+        "opened_at",
+        "outbound",
+        "peer_hex",
+        "peer_id",
+        "peer_int",
+        "remote_key",
+        "remote_nonce",
+        "state",
+        "strikes",
+        "transport",
+    )
+
+    def __init__(self, handle: int, outbound: bool, transport: str, deadline: float) -> None:
+        self.handle = handle
+        self.outbound = outbound
+        self.transport = transport
+        self.state = _DIALING
+        self.deadline = deadline
+        self.expected: bytes | None = None
+        self.peer_id = b""
+        self.peer_hex = ""
+        self.peer_int = 0
+        self.my_nonce = b""
+        self.remote_key: bytes | None = None
+        self.remote_nonce = b""
+        self.authenticated = False
+        self.opened_at = 0.0
+        self.strikes = 0
+
+
+@dataclass(slots=True)
+class _Attempt:
+    deadline: float
+    user: bool
+    webrtc_handle: int | None = None
+
+
+class Core:
+    """One peer's decisions. See the module docstring for the contract."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: Config | None = None,
+        *,
+        rng: random.Random,
+        now: float,
+        verify: Verifier = verify_ed25519,
+    ) -> None:
+        self.config = cfg = config or Config()
+        self.identity = identity
+        self.id = identity.id
+        self.hex = identity.id.hex()
+        self._int = int.from_bytes(identity.id, "big")
+        self._rng = rng
+        self._verify = verify
+        self._key_b64 = wire.b64encode(identity.public_key)
+        self.url = cfg.url
+        self.stats = Stats()
+        self._events: list[Event] = []
+        self._next_handle = 1
+        self._links: dict[int, _Link] = {}
+        self._open: list[_Link] = []
+        self._table: KBucketTable[_Link] = KBucketTable(self.id, cfg.k)
+        self._candidates: KBucketTable[float] = KBucketTable(self.id, cfg.k)
+        self._undialable: OrderedDict[bytes, float] = OrderedDict()
+        self._connecting: dict[bytes, _Attempt] = {}
+        self._answered: OrderedDict[bytes, float] = OrderedDict()
+        self._rtc_by_peer: dict[bytes, int] = {}
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        self._delivered: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._replay_floor = -1
+        self._routes: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
+        self._queue: deque[tuple[str, bytes]] = deque()
+        self._bootstrap: list[str] = []
+        self._bootstrap_at = float("inf")
+        self._bootstrap_delay = cfg.bootstrap_retry
+        self._tokens = 2 * cfg.control_rate
+        self._tokens_at = now
+        self._next_tick = now + cfg.tick_interval * rng.random()
+        self._next_refresh = now + cfg.refresh_interval * (0.5 + rng.random())
+        self._closed = False
+
+    # ------------------------------------------------------------------ outputs and timers
+
+    def events(self) -> list[Event]:
+        """Take every pending output, in order."""
+        out, self._events = self._events, []
+        return out
+
+    def get_timer(self) -> float | None:
+        """When :meth:`handle_timer` should next be called, or None once closed."""
+        return None if self._closed else self._next_tick
+
+    def handle_timer(self, now: float) -> None:
+        """Expire what has expired and run periodic maintenance."""
+        if self._closed or now < self._next_tick:
+            return
+        cfg = self.config
+        self._next_tick = now + cfg.tick_interval
+        self._expire(now)
+        for link in list(self._links.values()):
+            if link.state != _OPEN and now >= link.deadline:
+                self._close(link, "handshake-timeout", now)
+            elif link.strikes and now >= link.deadline:
+                link.strikes = 0
+                link.deadline = now + cfg.strike_window
+        for peer_id, attempt in list(self._connecting.items()):
+            if now >= attempt.deadline:
+                self._fail_attempt(peer_id, "timeout", now)
+        if now >= self._bootstrap_at:
+            self._redial_bootstrap(now)
+        if now >= self._next_refresh:
+            self._next_refresh = now + cfg.refresh_interval * (0.75 + 0.5 * self._rng.random())
+            self._refresh(now)
+
+    def _expire(self, now: float) -> None:
+        seen = self._seen
+        while seen:
+            key, expiry = next(iter(seen.items()))
+            if expiry > now:
+                break
+            del seen[key]
+        delivered = self._delivered
+        while delivered:
+            key, (expiry, _ts) = next(iter(delivered.items()))
+            if expiry > now:
+                break
+            del delivered[key]
+        for table in (self._undialable, self._answered):
+            while table:
+                key_id, until = next(iter(table.items()))
+                if until > now:
+                    break
+                del table[key_id]
+
+    # ------------------------------------------------------------------ application API
+
+    @property
+    def peers(self) -> list[bytes]:
+        """Ids of the open direct links."""
+        return [link.peer_id for link in self._open]
+
+    def link_transport(self, peer_id: bytes) -> str | None:
+        """The transport of the open link to ``peer_id``, if any."""
+        link = self._table.get(peer_id)
+        return None if link is None else link.transport
+
+    def set_url(self, url: str | None) -> None:
+        """Set the WebSocket URL this peer advertises (known once its server listens)."""
+        self.url = url
+
+    def bootstrap(self, urls: Iterable[str], now: float) -> None:
+        """Dial these WebSocket URLs now, and again whenever every link is lost."""
+        self._bootstrap = list(urls)
+        for url in self._bootstrap:
+            self._dial(url, None, now)
+
+    def send(self, to: object, data: Any, now: float) -> None:
+        """Send ``data`` (any I-JSON value) to peer ``to``; raise at once if either is malformed."""
+        target = parse_id(to)
+        self._ensure_open()
+        if target == self.id:
+            wire.canonical(data)
+            self.stats.delivered += 1
+            self._events.append(Delivered(data, self.id, True, 0))
+            return
+        self._originate(target.hex(), wire.USER, data, True, now)
+
+    def connect(self, peer: object, now: float) -> None:
+        """Ask ``peer`` for a direct link; a :class:`ConnectResult` reports the outcome."""
+        peer_id = parse_id(peer)
+        self._ensure_open()
+        if peer_id == self.id:
+            raise ValueError("cannot connect to our own id")
+        if peer_id in self._table:
+            self._events.append(ConnectResult(peer_id, True, "already linked"))
+            return
+        attempt = self._connecting.get(peer_id)
+        if attempt is not None:
+            attempt.user = True
+            return
+        self._start_attempt(peer_id, now, user=True)
+
+    def disconnect(self, peer: object, now: float) -> bool:
+        """Close the direct link to ``peer``; return whether there was one."""
+        peer_id = parse_id(peer)
+        link = self._table.get(peer_id)
+        if link is None:
+            return False
+        self._close(link, "disconnect", now)
+        return True
+
+    def close(self, now: float) -> None:
+        """Close every link; the core does nothing more afterwards."""
+        if self._closed:
+            return
+        for link in list(self._links.values()):
+            self._close(link, "shutdown", now)
+        for peer_id in list(self._connecting):
+            self._fail_attempt(peer_id, "shutdown", now)
+        self._queue.clear()
+        self._closed = True
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this peer has been destroyed")
+
+    # ------------------------------------------------------------------ links
+
+    def link_accepted(self, now: float, transport: str = "ws") -> int:
+        """An inbound connection arrived; returns its handle (already sent its hello)."""
+        handle = self._new_handle()
+        link = _Link(handle, False, transport, now + self.config.link_timeout)
+        self._links[handle] = link
+        if self._closed or self._pending_links() > self.config.max_pending_links:
+            self._close(link, "too-many-pending" if not self._closed else "shutdown", now)
+            return handle
+        self._start_hello(link)
+        return handle
+
+    def link_connected(self, handle: int, now: float) -> None:
+        """Outbound link ``handle`` (a dial or a WebRTC link) is open."""
+        link = self._links.get(handle)
+        if link is None or link.state != _DIALING:
+            return
+        if link.transport == "webrtc":
+            # Its id and key were proven by the signed signalling that carried its fingerprint.
+            assert link.expected is not None
+            self._establish(link, link.expected, True, now)
+        else:
+            link.deadline = now + self.config.link_timeout
+            self._start_hello(link)
+
+    def link_closed(self, handle: int, now: float, reason: str = "closed") -> None:
+        """Link ``handle`` closed (or a dial failed) on the adapter's side."""
+        link = self._links.get(handle)
+        if link is not None:
+            self._forget(link, reason, now)
+
+    def frame_received(self, handle: int, frame: bytes | str, now: float) -> None:
+        """One frame arrived on link ``handle``."""
+        link = self._links.get(handle)
+        if link is None:
+            return
+        stats = self.stats
+        stats.frames_in += 1
+        stats.bytes_in += len(frame)
+        try:
+            obj = wire.loads(frame, self.config.max_frame)
+            if link.state != _OPEN:
+                self._link_frame(link, obj, now)
+                return
+            env = wire.parse_envelope(obj, self.config.max_hops)
+        except WireError as exc:
+            self._strike(link, exc, now)
+            return
+        if env.to == self.hex:
+            self._receive(env, link, now)
+            return
+        key = env.sender + env.nonce
+        seen = self._seen
+        if key in seen:
+            self._drop("duplicate", env.nonce)
+            return
+        seen[key] = now + self.config.seen_ttl
+        if len(seen) > self.config.max_seen:
+            seen.popitem(last=False)
+        self._forward(env)
+
+    def _new_handle(self) -> int:
+        handle = self._next_handle
+        self._next_handle += 1
+        return handle
+
+    def _pending_links(self) -> int:
+        return len(self._links) - len(self._open)
+
+    def _dial(self, url: str, expected: bytes | None, now: float) -> None:
+        if self._closed or self._pending_links() >= self.config.max_pending_links:
+            self._drop("too-many-pending", url)
+            return
+        handle = self._new_handle()
+        link = _Link(handle, True, "ws", now + self.config.link_timeout)
+        link.expected = expected
+        self._links[handle] = link
+        self._events.append(DialWebSocket(handle, url, expected))
+
+    def _start_hello(self, link: _Link) -> None:
+        link.state = _HELLO
+        link.my_nonce = self._rng.randbytes(16)
+        frame = wire.hello_frame(self.id, self.identity.public_key, link.my_nonce)
+        self._send_frame(link, frame)
+
+    def _link_frame(self, link: _Link, obj: Any, now: float) -> None:
+        """A frame on a link that is not open yet: the hello, then the proof."""
+        if link.state == _HELLO:
+            hello = wire.parse_hello(obj)
+            if hello.peer_id == self.id:
+                self._close(link, "self-link", now)
+            elif link.expected is not None and hello.peer_id != link.expected:
+                self._close(link, "unexpected-id", now)
+            elif hello.key is None or hello.nonce is None:
+                if self.config.require_auth:
+                    self._close(link, "unauthenticated-peer", now)
+                else:
+                    self._establish(link, hello.peer_id, False, now)
+            elif id_for_key(hello.key) != hello.peer_id:
+                self._close(link, "key-mismatch", now)
+            else:
+                link.remote_key, link.remote_nonce = hello.key, hello.nonce
+                link.peer_id = hello.peer_id
+                proof = wire.link_proof_bytes(hello.nonce, link.my_nonce, hello.peer_id, self.id)
+                self._send_frame(link, wire.proof_frame(self.identity.sign(proof)))
+                link.state = _PROOF
+        elif link.state == _PROOF:
+            signature = wire.parse_proof(obj)
+            assert link.remote_key is not None
+            signed = wire.link_proof_bytes(link.my_nonce, link.remote_nonce, self.id, link.peer_id)
+            if self._verify(link.remote_key, signature, signed):
+                self._establish(link, link.peer_id, True, now)
+            else:
+                self._close(link, "bad-proof", now)
+        else:
+            self._close(link, "frame-before-open", now)
+
+    def _establish(self, link: _Link, peer_id: bytes, authenticated: bool, now: float) -> None:
+        cfg = self.config
+        existing = self._table.get(peer_id)
+        if existing is not None:
+            # Both ends keep the link dialled by the lower id, so they agree on the survivor.
+            if existing.transport == link.transport == "ws" and existing.outbound != link.outbound:
+                dialer_of_new_is_us = link.outbound
+                keep_new = (self.id < peer_id) == dialer_of_new_is_us
+                if keep_new:
+                    self._close(existing, "duplicate", now)
+                else:
+                    self._close(link, "duplicate", now)
+                    return
+            else:
+                self._close(link, "duplicate", now)
+                return
+        if len(self._open) >= cfg.max_links:
+            victim = self._eviction_victim(peer_id, now)
+            if victim is None:
+                self._close(link, "link-limit", now)
+                self._fail_attempt(peer_id, "link-limit", now)
+                return
+            self._close(victim, "evicted", now)
+        link.peer_id = peer_id
+        link.peer_hex = peer_id.hex()
+        link.peer_int = int.from_bytes(peer_id, "big")
+        link.authenticated = authenticated
+        link.state = _OPEN
+        link.opened_at = now
+        link.deadline = now + cfg.strike_window
+        if not self._table.add(peer_id, link):
+            self._close(link, "bucket-full", now)
+            self._fail_attempt(peer_id, "bucket-full", now)
+            return
+        self._open.append(link)
+        self._candidates.add(peer_id, now, replace_oldest=True)
+        self._undialable.pop(peer_id, None)
+        self.stats.links_opened += 1
+        self._bootstrap_at = float("inf")
+        self._bootstrap_delay = cfg.bootstrap_retry
+        self._events.append(PeerLinked(peer_id, link.transport, authenticated))
+        attempt = self._connecting.pop(peer_id, None)
+        if attempt is not None and attempt.user:
+            self._events.append(ConnectResult(peer_id, True, "linked"))
+        _log.debug("%s linked %s over %s", short(self.hex), short(peer_id), link.transport)
+        self._originate(link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
+        while self._queue:
+            to_hex, frame = self._queue.popleft()
+            self._route_new(to_hex, frame)
+
+    def _close(self, link: _Link, reason: str, now: float) -> None:
+        """Close a link we decided to close."""
+        if link.handle not in self._links:
+            return
+        self._events.append(CloseLink(link.handle, reason))
+        self._forget(link, reason, now)
+
+    def _forget(self, link: _Link, reason: str, now: float) -> None:
+        del self._links[link.handle]
+        if link.state == _OPEN:
+            self._open.remove(link)
+            self._table.remove(link.peer_id)
+            self.stats.links_closed += 1
+            self._events.append(PeerUnlinked(link.peer_id, reason))
+            _log.debug("%s unlinked %s: %s", short(self.hex), short(link.peer_id), reason)
+            if not self._open and self._bootstrap and not self._closed:
+                self._bootstrap_at = min(self._bootstrap_at, now + self._bootstrap_delay)
+        else:
+            if reason not in ("shutdown",):
+                _log.debug("%s link %d failed: %s", short(self.hex), link.handle, reason)
+            target = link.expected
+            if target is not None and target in self._connecting:
+                self._fail_attempt(target, reason, now)
+        if self._rtc_by_peer.get(link.expected or link.peer_id) == link.handle:
+            del self._rtc_by_peer[link.expected or link.peer_id]
+
+    def _strike(self, link: _Link, exc: WireError, now: float) -> None:
+        self._drop(exc.reason, exc.detail)
+        if link.state != _OPEN:
+            self._close(link, f"bad-handshake: {exc.reason}", now)
+            return
+        link.strikes += 1
+        if link.strikes >= self.config.max_strikes:
+            self._close(link, "misbehaving", now)
+
+    def _redial_bootstrap(self, now: float) -> None:
+        self._bootstrap_at = float("inf")
+        if self._open or self._closed:
+            return
+        for url in self._bootstrap:
+            self._dial(url, None, now)
+        self._bootstrap_delay = min(self._bootstrap_delay * 2, 60.0)
+        self._bootstrap_at = now + self._bootstrap_delay
+
+    # ------------------------------------------------------------------ sending and routing
+
+    def _send_frame(self, link: _Link, frame: bytes) -> None:
+        stats = self.stats
+        stats.frames_out += 1
+        stats.bytes_out += len(frame)
+        self._events.append(SendFrame(link.handle, frame))
+
+    def _drop(self, reason: str, detail: str = "") -> None:
+        self.stats.dropped[reason] += 1
+        if _log.isEnabledFor(logging.DEBUG):
+            _log.debug("%s dropped: %s %s", short(self.hex), reason, detail)
+
+    def _originate(
+        self, to_hex: str, kind: str, payload: Any, has_payload: bool, now: float
+    ) -> None:
+        body: dict[str, Any] = {"type": kind, "data": payload} if has_payload else {"type": kind}
+        data = wire.canonical(body)
+        nonce = str(self._rng.getrandbits(63))
+        auth = None
+        if self.config.sign:
+            ts = int(now * 1000)
+            signature = self.identity.sign(wire.signed_bytes(to_hex, self.hex, nonce, ts, data))
+            auth = {"key": self._key_b64, "sig": wire.b64encode(signature), "ts": ts}
+        route = self._routes.get(to_hex)
+        hint = route[1] if route is not None and route[0] > now else None
+        frame = wire.origin_frame(to_hex, self.hex, nonce, data, auth, hint)
+        if len(frame) > self.config.max_frame:
+            raise ValueError(f"message of {len(frame)} bytes exceeds max_frame")
+        self.stats.originated += 1
+        if not self._open:
+            if len(self._queue) >= self.config.max_queue:
+                self._drop("queue-full", to_hex)
+            else:
+                self._queue.append((to_hex, frame))
+            return
+        self._route_new(to_hex, frame)
+
+    def _route_new(self, to_hex: str, frame: bytes) -> None:
+        route = self._routes.get(to_hex)
+        hops = self._next_hops(to_hex, (self.hex,), route[1] if route is not None else None)
+        if not hops:
+            self._drop("no-route", to_hex)
+        for link in hops:
+            self._send_frame(link, frame)
+
+    def _forward(self, env: Envelope) -> None:
+        if len(env.path) >= self.config.max_hops:
+            self._drop("too-many-hops", env.nonce)
+            return
+        if self.hex in env.path:
+            self._drop("loop", env.nonce)
+            return
+        hops = self._next_hops(env.to, env.path, env.raw.get("route"))
+        if not hops:
+            self._drop("no-route", env.to)
+            return
+        frame = wire.relay_frame(env, self.hex)
+        self.stats.relayed += 1
+        for link in hops:
+            self._send_frame(link, frame)
+
+    def _next_hops(
+        self, to_hex: str, path: list[str] | tuple[str, ...], route: Any = None
+    ) -> list[_Link]:
+        """Links to forward a message for ``to_hex`` to, best first (empty: no route).
+
+        ``route`` is a route hint: the reversed path of a message the target sent, carried by
+        replies so that they reach peers that greedy routing cannot find yet (a newcomer known
+        only to its bootstrap peer). A hop on the hint is followed when linked; else greedy.
+        """
+        if type(route) is list and 0 < len(route) <= self.config.max_hops:
+            hinted = self._follow_hint(route, path)
+            if hinted is not None:
+                return [hinted]
+        target = int(to_hex, 16)
+        redundancy = self.config.redundancy
+        if redundancy == 1:
+            best: _Link | None = None
+            best_d = -1
+            for link in self._open:
+                d = link.peer_int ^ target
+                if (best is None or d < best_d) and link.peer_hex not in path:
+                    best, best_d = link, d
+            ranked = [] if best is None else [best]
+        else:
+            ranked = sorted(
+                (link for link in self._open if link.peer_hex not in path),
+                key=lambda link: link.peer_int ^ target,
+            )[:redundancy]
+            best_d = ranked[0].peer_int ^ target if ranked else -1
+        if not ranked:
+            return ranked
+        if best_d == 0:
+            return ranked[:1]
+        if best_d >= self._int ^ target and not self.config.detour:
+            return []
+        return ranked
+
+    def _follow_hint(self, route: list[Any], path: list[str] | tuple[str, ...]) -> _Link | None:
+        """The linked hop that follows us on a route hint (or starts it), if any."""
+        own = self.hex
+        try:
+            position = route.index(own)
+        except ValueError:
+            position = -1
+        for hop in route[position + 1 :]:
+            if type(hop) is not str or len(hop) != 40:
+                return None
+            link = self._table.get(bytes.fromhex(hop)) if hop not in path else None
+            if link is not None:
+                return link
+            if position >= 0:
+                return None  # The next hop on the hint is gone: fall back to greedy.
+        return None
+
+    # ------------------------------------------------------------------ messages for us
+
+    def _receive(self, env: Envelope, link: _Link, now: float) -> None:
+        cfg = self.config
+        try:
+            kind, payload, has_payload = wire.message_body(env)
+        except WireError as exc:
+            self._drop(exc.reason, exc.detail)
+            return
+        key = env.sender + env.nonce
+        if key in self._delivered:
+            self._drop("duplicate", env.nonce)
+            return
+        ts = -1
+        raw_auth = env.raw.get("auth")
+        if raw_auth is not None:
+            try:
+                auth = wire.parse_auth(raw_auth)
+            except WireError as exc:
+                self._drop(exc.reason, exc.detail)
+                return
+            if id_for_key(auth.key).hex() != env.sender:
+                self._drop("key-mismatch", env.sender)
+                return
+            if abs(auth.ts - now * 1000) > cfg.replay_window * 1000:
+                self._drop("expired", env.nonce)
+                return
+            if auth.ts <= self._replay_floor:
+                self._drop("replay", env.nonce)
+                return
+            try:
+                data = wire.canonical(env.raw["data"])
+            except ValueError:
+                self._drop("bad-signature", "data cannot be canonicalised")
+                return
+            signed = wire.signed_bytes(env.to, env.sender, env.nonce, auth.ts, data)
+            if not self._verify(auth.key, auth.sig, signed):
+                self._drop("bad-signature", env.sender)
+                return
+            ts = auth.ts
+            verified = True
+        elif cfg.require_auth:
+            self._drop("unsigned", env.sender)
+            return
+        else:
+            verified = False
+        delivered = self._delivered
+        delivered[key] = (now + cfg.seen_ttl, ts)
+        if len(delivered) > cfg.max_seen:
+            _key, (_expiry, old_ts) = delivered.popitem(last=False)
+            self._replay_floor = max(self._replay_floor, old_ts)
+        if env.path and env.path[0] == env.sender:
+            routes = self._routes
+            routes[env.sender] = (now + cfg.route_ttl, env.path[::-1])
+            routes.move_to_end(env.sender)
+            if len(routes) > cfg.max_routes:
+                routes.popitem(last=False)
+        sender = bytes.fromhex(env.sender)
+        if kind == wire.USER:
+            self.stats.delivered += 1
+            self._events.append(Delivered(payload, sender, verified, len(env.path)))
+        elif kind == wire.FIND_PEERS:
+            self._on_find_peers(sender, payload, now)
+        elif kind == wire.FOUND_PEERS:
+            self._on_found_peers(payload, now)
+        elif kind == wire.HANDSHAKE_OFFER:
+            self._on_offer(sender, payload if has_payload else None, now)
+        elif kind == wire.HANDSHAKE_ANSWER:
+            self._on_answer(sender, payload, now)
+        elif kind == wire.SIGNAL:
+            self._on_signal(sender, payload, now)
+        else:
+            self._drop("unknown-type", kind[:32])
+
+    def _take_token(self, now: float) -> bool:
+        rate = self.config.control_rate
+        self._tokens = min(2 * rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            self._drop("rate-limited")
+            return False
+        self._tokens -= 1
+        return True
+
+    def _on_find_peers(self, sender: bytes, payload: Any, now: float) -> None:
+        target_hex = hex_from_wire(payload)
+        if target_hex is None:
+            self._drop("bad-data", "findPeers without an id")
+            return
+        if not self._take_token(now):
+            return
+        target = bytes.fromhex(target_hex)
+        known = {link.peer_id for link in self._open}
+        known.update(self._candidates.closest(target, self.config.k))
+        known.discard(sender)
+        t = int(target_hex, 16)
+        nearest = sorted(known, key=lambda i: int.from_bytes(i, "big") ^ t)[: self.config.k]
+        self._originate(sender.hex(), wire.FOUND_PEERS, [i.hex() for i in nearest], True, now)
+
+    def _on_found_peers(self, payload: Any, now: float) -> None:
+        if type(payload) is not list:
+            self._drop("bad-data", "foundPeers is not a list")
+            return
+        for entry in payload[: self.config.k]:
+            hex_id = hex_from_wire(entry)
+            if hex_id is None:
+                continue
+            peer_id = bytes.fromhex(hex_id)
+            if peer_id != self.id and peer_id not in self._table:
+                self._candidates.add(peer_id, now, replace_oldest=True)
+        self._populate(now)
+
+    def _on_offer(self, sender: bytes, payload: Any, now: float) -> None:
+        if sender in self._table:
+            return
+        if not self._take_token(now):
+            return
+        pending = sender in self._connecting
+        if pending and sender > self.id:
+            return  # Both asked at once: the peer with the higher id answers.
+        answered = self._answered
+        answered[sender] = now + self.config.connect_timeout
+        answered.move_to_end(sender)
+        if len(answered) > self.config.max_connecting * 4:
+            answered.popitem(last=False)
+        if (
+            self.url is None
+            and not self.config.webrtc
+            and type(payload) is dict
+            and type(payload.get("ws")) is str
+        ):
+            # We cannot be dialled, but the asker can: dial it instead.
+            self._dial(payload["ws"], sender, now)
+        self._originate(
+            sender.hex(),
+            wire.HANDSHAKE_ANSWER,
+            {"ws": self.url, "wrtc": self.config.webrtc},
+            True,
+            now,
+        )
+
+    def _on_answer(self, sender: bytes, payload: Any, now: float) -> None:
+        attempt = self._connecting.get(sender)
+        if attempt is None or sender in self._table:
+            self._drop("unexpected-answer", sender.hex())
+            return
+        if type(payload) is not dict:
+            self._drop("bad-data", "handshake-answer is not an object")
+            return
+        ws = payload.get("ws")
+        if payload.get("wrtc") is True and self.config.webrtc:
+            if attempt.webrtc_handle is None:
+                attempt.webrtc_handle = self._start_webrtc(sender, True, now)
+        elif type(ws) is str and ws.startswith(("ws://", "wss://")) and len(ws) < 2048:
+            self._dial(ws, sender, now)
+        elif self.url is not None:
+            pass  # It may dial us (it saw our URL in the offer); wait for that until timeout.
+        else:
+            self._fail_attempt(sender, "unreachable", now)
+
+    def _start_webrtc(self, peer_id: bytes, initiator: bool, now: float) -> int:
+        handle = self._new_handle()
+        link = _Link(handle, initiator, "webrtc", now + self.config.connect_timeout)
+        link.expected = peer_id
+        self._links[handle] = link
+        self._rtc_by_peer[peer_id] = handle
+        self._events.append(StartWebRTC(handle, peer_id, initiator))
+        return handle
+
+    def _on_signal(self, sender: bytes, payload: Any, now: float) -> None:
+        if not self.config.webrtc:
+            self._drop("unexpected-signal", "webrtc is off")
+            return
+        handle = self._rtc_by_peer.get(sender)
+        if handle is None:
+            if sender not in self._answered or sender in self._table:
+                self._drop("unexpected-signal", sender.hex())
+                return
+            if self._pending_links() >= self.config.max_pending_links:
+                self._drop("too-many-pending", sender.hex())
+                return
+            handle = self._start_webrtc(sender, False, now)
+        self._events.append(SignalIn(handle, payload))
+
+    def send_signal(self, handle: int, signal: Any, now: float) -> None:
+        """Relay a WebRTC signal of link ``handle`` to its remote."""
+        link = self._links.get(handle)
+        if link is None or link.expected is None or self._closed:
+            return
+        self._originate(link.expected.hex(), wire.SIGNAL, signal, True, now)
+
+    # ------------------------------------------------------------------ discovery and population
+
+    def _start_attempt(self, peer_id: bytes, now: float, *, user: bool) -> None:
+        self._connecting[peer_id] = _Attempt(now + self.config.connect_timeout, user)
+        offer = {"ws": self.url, "wrtc": self.config.webrtc}
+        self._originate(peer_id.hex(), wire.HANDSHAKE_OFFER, offer, True, now)
+
+    def _fail_attempt(self, peer_id: bytes, reason: str, now: float) -> None:
+        attempt = self._connecting.pop(peer_id, None)
+        if attempt is None:
+            return
+        if attempt.webrtc_handle is not None:
+            link = self._links.get(attempt.webrtc_handle)
+            if link is not None:
+                self._close(link, reason, now)
+        if reason in ("timeout", "unreachable"):
+            self._candidates.remove(peer_id)
+            undialable = self._undialable
+            undialable[peer_id] = now + 10 * self.config.refresh_interval
+            if len(undialable) > self.config.max_undialable:
+                undialable.popitem(last=False)
+        if attempt.user:
+            self._events.append(ConnectResult(peer_id, False, reason))
+
+    def _refresh(self, now: float) -> None:
+        """Periodic discovery: ask near peers about our neighbourhood, fill empty buckets."""
+        if not self._open:
+            return
+        near = min(self._open, key=lambda link: link.peer_int ^ self._int)
+        self._originate(near.peer_hex, wire.FIND_PEERS, self.hex, True, now)
+        if self.config.strategy == "spread":
+            filled = {bucket_index(self._int, link.peer_int) for link in self._open}
+            deepest = min(filled) if filled else 159
+            empty = [i for i in range(deepest + 1, 160) if i not in filled]
+            if empty:
+                index = self._rng.choice(empty[-8:])
+                target = self._random_id_in_bucket(index)
+                via = self._next_hops(target.hex(), (self.hex,))
+                if via:
+                    self._originate(via[0].peer_hex, wire.FIND_PEERS, target.hex(), True, now)
+        self._populate(now)
+
+    def _random_id_in_bucket(self, index: int) -> bytes:
+        flip = 1 << index
+        low = self._rng.getrandbits(index) if index else 0
+        value = ((self._int ^ flip) >> index << index) | low
+        return value.to_bytes(ID_BYTES, "big")
+
+    def _populate(self, now: float) -> None:
+        """Start connection attempts toward the links the population policy wants."""
+        cfg = self.config
+        free = min(
+            cfg.max_connecting - len(self._connecting),
+            cfg.max_links - len(self._open) - len(self._connecting),
+        )
+        if free <= 0 or self._closed:
+            return
+        for peer_id in self._wanted(free):
+            self._start_attempt(peer_id, now, user=False)
+
+    def _dialable(self, peer_id: bytes) -> bool:
+        return (
+            peer_id not in self._table
+            and peer_id not in self._connecting
+            and peer_id not in self._undialable
+        )
+
+    def _wanted(self, budget: int) -> list[bytes]:
+        cfg = self.config
+        if cfg.strategy == "original":
+            nearest = self._candidates.closest(self.id, 15)
+            return [p for p in nearest if self._dialable(p)][:budget]
+        wanted: list[bytes] = []
+        near = self._candidates.closest(self.id, cfg.near_links)
+        wanted.extend(p for p in near if self._dialable(p))
+        linked = {bucket_index(self._int, link.peer_int) for link in self._open}
+        for attempt_id in self._connecting:
+            linked.add(self._candidates.bucket_of(attempt_id))
+        for index, _count in sorted(self._candidates.bucket_sizes().items(), reverse=True):
+            if index in linked:
+                continue
+            choices = [p for p in self._candidates.bucket(index) if self._dialable(p)]
+            if choices:
+                pick = self._rng.choice(choices)
+                if pick not in wanted:
+                    wanted.append(pick)
+        return wanted[:budget]
+
+    def _eviction_victim(self, newcomer: bytes, now: float) -> _Link | None:
+        """The least useful open link that may be closed to make room, if any.
+
+        Only links that share their bucket with another link are candidates, and never the links
+        to our nearest neighbours: both keep routes short and correct. Among candidates, the most
+        crowded bucket goes first, then links past their grace period, then the newest.
+        """
+        cfg = self.config
+        if cfg.strategy == "original":
+            return None
+        near = set(self._table.closest(self.id, cfg.near_links))
+        near.add(newcomer)
+        by_bucket: dict[int, list[_Link]] = {}
+        for link in self._open:
+            by_bucket.setdefault(bucket_index(self._int, link.peer_int), []).append(link)
+        best: _Link | None = None
+        best_key: tuple[int, bool, float] | None = None
+        for links in by_bucket.values():
+            if len(links) < 2:
+                continue
+            for link in links:
+                if link.peer_id in near:
+                    continue
+                key = (len(links), now - link.opened_at >= cfg.link_grace, link.opened_at)
+                if best_key is None or key > best_key:
+                    best, best_key = link, key
+        return best

@@ -1,0 +1,133 @@
+"""Keys and ids: an Ed25519 key pair per peer, and an id that is derived from its public key.
+
+A peer's id is the first 20 bytes of SHA-256 of its raw 32-byte public key, so anyone holding the
+public key can check that it belongs to an id. Signing and verification go through a small
+interface (:class:`Signer` and :data:`Verifier`) so that another backend (the browser's WebCrypto,
+say) can take the place of ``cryptography``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from .ids import ID_BYTES
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+class Signer(Protocol):
+    """Something that holds a private Ed25519 key and signs with it."""
+
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte public key."""
+        ...
+
+    def sign(self, message: bytes) -> bytes:
+        """Return the 64-byte Ed25519 signature of ``message``."""
+        ...
+
+
+Verifier = Callable[[bytes, bytes, bytes], bool]
+"""``verify(public_key, signature, message) -> bool``; never raises on bad input."""
+
+
+def id_for_key(public_key: bytes) -> bytes:
+    """The peer id that belongs to a raw Ed25519 public key."""
+    return hashlib.sha256(public_key).digest()[:ID_BYTES]
+
+
+class _CryptographySigner:
+    """:class:`Signer` backed by the ``cryptography`` package."""
+
+    __slots__ = ("_key", "_public")
+
+    def __init__(self, private_bytes: bytes) -> None:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+        self._key = Ed25519PrivateKey.from_private_bytes(private_bytes)
+        self._public = self._key.public_key().public_bytes_raw()
+
+    @property
+    def public_key(self) -> bytes:
+        return self._public
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Check an Ed25519 signature with ``cryptography``; malformed keys simply fail."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class Identity:
+    """A peer's key pair and the id derived from it."""
+
+    __slots__ = ("_private", "id", "public_key", "signer")
+
+    def __init__(self, private_bytes: bytes | None = None, *, signer: Signer | None = None) -> None:
+        if signer is None:
+            if private_bytes is None or len(private_bytes) != 32:
+                raise ValueError("an Ed25519 private key is 32 bytes")
+            signer = _CryptographySigner(bytes(private_bytes))
+        self._private = private_bytes
+        self.signer: Signer = signer
+        self.public_key: bytes = signer.public_key
+        self.id: bytes = id_for_key(self.public_key)
+
+    @classmethod
+    def generate(cls) -> Identity:
+        """A new random identity (from the operating system's random source)."""
+        return cls(os.urandom(32))
+
+    def private_bytes(self) -> bytes:
+        """The raw 32-byte private key, for saving."""
+        if self._private is None:
+            raise ValueError("this identity's key is held by its signer and cannot be exported")
+        return self._private
+
+    def sign(self, message: bytes) -> bytes:
+        """Sign ``message`` with this identity's key."""
+        return self.signer.sign(message)
+
+    @classmethod
+    def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
+        """Load the key saved at ``path``, or create one there (mode 0600) if it is missing.
+
+        The file holds the private key as 64 hex digits and a newline.
+        """
+        file = Path(path)
+        try:
+            text = file.read_text().strip()
+        except FileNotFoundError:
+            identity = cls.generate()
+            file.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write(identity.private_bytes().hex() + "\n")
+            return identity
+        try:
+            raw = bytes.fromhex(text)
+        except ValueError:
+            raise ValueError(f"{file}: not an identity file (expected 64 hex digits)") from None
+        if len(raw) != 32:
+            raise ValueError(f"{file}: not an identity file (expected 64 hex digits)")
+        return cls(raw)
+
+    def __repr__(self) -> str:
+        return f"Identity(id={self.id.hex()})"

@@ -1,0 +1,271 @@
+"""What peers put on the wire: envelopes, link hellos and proofs, and the signed form.
+
+Compatible with peer-relay 0.0.2 (see ``wire-0.0.2.md``): an envelope is
+``{"to", "from", "path", "nonce", "data": {"type", "data"}}`` where ``to`` and ``from`` are hex or
+Buffer JSON. Our additions ride in keys that 0.0.2 ignores and preserves: ``auth`` on envelopes,
+``pr`` on the link hello, and a proof frame that is only ever sent to peers that said ``pr``.
+
+Everything that parses network input raises :class:`WireError` with a stable ``reason`` (used as
+the drop counter's name) and never anything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+import rfc8785
+
+from .ids import ID_HEX, buffer_json, hex_from_wire, id_from_wire
+
+MAX_HOPS: Final = 20
+"""0.0.2 drops a message whose path already holds 20 ids; so do we."""
+
+MAX_NONCE_CHARS: Final = 128
+MAX_SAFE_INTEGER: Final = 2**53 - 1
+
+MESSAGE_CONTEXT: Final = b"peer-relay/v1 message\n"
+LINK_CONTEXT: Final = b"peer-relay/v1 link\n"
+
+# Message types of the 0.0.2 wire.
+USER: Final = "user"
+FIND_PEERS: Final = "findPeers"
+FOUND_PEERS: Final = "foundPeers"
+HANDSHAKE_OFFER: Final = "handshake-offer"
+HANDSHAKE_ANSWER: Final = "handshake-answer"
+SIGNAL: Final = "signal"
+
+
+class WireError(Exception):
+    """A frame from the network that cannot be used; ``reason`` names why, for the counters."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def b64encode(raw: bytes) -> str:
+    """Unpadded base64url, the form keys, nonces and signatures take in our frames."""
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def b64decode(text: Any, size: int) -> bytes | None:
+    """Decode unpadded base64url of exactly ``size`` bytes, or return ``None``."""
+    if type(text) is not str or len(text) > 2 * size + 4:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return raw if len(raw) == size else None
+
+
+def loads(frame: bytes | str, max_size: int) -> Any:
+    """Parse one frame as strict JSON, or raise :class:`WireError`."""
+    if len(frame) > max_size:
+        raise WireError("oversize", f"{len(frame)} > {max_size} bytes")
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise WireError("malformed-json", str(exc)[:80]) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A parsed envelope. ``raw`` is the JSON object as received and is never modified."""
+
+    raw: dict[str, Any]
+    to: str
+    """Target id, 40 lowercase hex digits."""
+    sender: str
+    """Claimed origin id (``from``), 40 lowercase hex digits; unproven until verified."""
+    path: list[str]
+    nonce: str
+
+
+def parse_envelope(obj: Any, max_hops: int = MAX_HOPS) -> Envelope:
+    """Check the parts of an envelope a relay needs (ids, path, nonce); raise WireError."""
+    if type(obj) is not dict:
+        raise WireError("not-envelope", type(obj).__name__)
+    to = hex_from_wire(obj.get("to"))
+    sender = hex_from_wire(obj.get("from"))
+    if to is None or sender is None:
+        raise WireError("bad-id", "to/from is not a 20-byte id")
+    path = obj.get("path")
+    if type(path) is not list:
+        raise WireError("not-envelope", "path is not a list")
+    if len(path) > max_hops:
+        raise WireError("too-many-hops", f"path has {len(path)} ids")
+    for hop in path:
+        if type(hop) is not str or len(hop) != ID_HEX:
+            raise WireError("bad-path", "path entry is not a hex id")
+    nonce = obj.get("nonce")
+    if type(nonce) is not str or not nonce or len(nonce) > MAX_NONCE_CHARS:
+        raise WireError("bad-nonce", "nonce is not a short string")
+    return Envelope(obj, to, sender, path, nonce)
+
+
+def message_body(env: Envelope) -> tuple[str, Any, bool]:
+    """Return ``(type, payload, has_payload)`` of an envelope addressed to us; raise WireError."""
+    data = env.raw.get("data")
+    if type(data) is not dict:
+        raise WireError("bad-data", "data is not an object")
+    kind = data.get("type")
+    if type(kind) is not str:
+        raise WireError("bad-data", "data.type is not a string")
+    return kind, data.get("data"), "data" in data
+
+
+def relay_frame(env: Envelope, own_hex: str) -> bytes:
+    """The frame to forward: a copy of the envelope with our id appended to its path."""
+    return orjson.dumps({**env.raw, "path": [*env.path, own_hex]})
+
+
+# ----------------------------------------------------------------------------- origin side
+
+
+def canonical(value: Any) -> bytes:
+    """RFC 8785 canonical JSON of ``value``; raise ``ValueError`` if it is not I-JSON.
+
+    I-JSON excludes NaN and infinities, integers beyond +-(2**53 - 1), lone surrogates and
+    non-string keys: values that JavaScript peers could not carry unchanged.
+    """
+    try:
+        return rfc8785.dumps(value)
+    except RecursionError:
+        raise ValueError("data is nested too deeply") from None
+    except (rfc8785.CanonicalizationError, TypeError) as exc:
+        raise ValueError(f"data is not interoperable JSON: {exc}") from None
+
+
+def signed_bytes(to_hex: str, from_hex: str, nonce: str, ts: int, data_canonical: bytes) -> bytes:
+    """The exact bytes an origin signs: context, ids, nonce, timestamp and canonical data."""
+    return b"".join(
+        (
+            MESSAGE_CONTEXT,
+            to_hex.encode(),
+            from_hex.encode(),
+            orjson.dumps(nonce),
+            b",",
+            str(ts).encode(),
+            b",",
+            data_canonical,
+        )
+    )
+
+
+def origin_frame(
+    to_hex: str,
+    from_hex: str,
+    nonce: str,
+    data_canonical: bytes,
+    auth: dict[str, Any] | None,
+    route: list[str] | None = None,
+) -> bytes:
+    """A new envelope leaving its origin, its path holding the origin's own id.
+
+    ``route`` is an optional route hint (see ``Core._next_hops``); it is not signed: it can only
+    steer the message it rides on, as any relay on the path could.
+    """
+    obj: dict[str, Any] = {
+        "to": to_hex,
+        "from": from_hex,
+        "path": [from_hex],
+        "nonce": nonce,
+        "data": orjson.Fragment(data_canonical),
+    }
+    if auth is not None:
+        obj["auth"] = auth
+    if route:
+        obj["route"] = route
+    return orjson.dumps(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """The ``auth`` member of a signed envelope, decoded."""
+
+    key: bytes
+    sig: bytes
+    ts: int
+
+
+def parse_auth(value: Any) -> Auth:
+    """Decode an envelope's ``auth`` member; raise WireError."""
+    if type(value) is not dict:
+        raise WireError("bad-auth", "auth is not an object")
+    key = b64decode(value.get("key"), 32)
+    if key is None:
+        raise WireError("bad-auth", "key is not 32 bytes of base64url")
+    sig = b64decode(value.get("sig"), 64)
+    if sig is None:
+        raise WireError("bad-signature", "sig is not 64 bytes of base64url")
+    ts = value.get("ts")
+    if type(ts) is not int or not 0 <= ts <= MAX_SAFE_INTEGER:
+        raise WireError("bad-auth", "ts is not a timestamp")
+    return Auth(key, sig, ts)
+
+
+# ----------------------------------------------------------------------------- link hellos
+
+
+def hello_frame(own_id: bytes, key: bytes | None, nonce: bytes | None) -> bytes:
+    """The first frame on a WebSocket link: our id as Buffer JSON, plus our ``pr`` offer."""
+    obj = buffer_json(own_id)
+    if key is not None and nonce is not None:
+        obj["pr"] = {"v": 1, "key": b64encode(key), "nonce": b64encode(nonce)}
+    return orjson.dumps(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A remote's link hello: its claimed id and, for our peers, its key and challenge."""
+
+    peer_id: bytes
+    key: bytes | None
+    nonce: bytes | None
+
+
+def parse_hello(obj: Any) -> Hello:
+    """Decode a link hello (Buffer JSON or hex id, optional ``pr``); raise WireError."""
+    if type(obj) is dict:
+        peer_id = id_from_wire({"type": obj.get("type"), "data": obj.get("data")})
+    else:
+        peer_id = id_from_wire(obj)
+    if peer_id is None:
+        raise WireError("bad-hello", "first frame is not an id")
+    pr = obj.get("pr") if type(obj) is dict else None
+    if pr is None:
+        return Hello(peer_id, None, None)
+    if type(pr) is not dict or pr.get("v") != 1:
+        raise WireError("bad-hello", "unknown pr version")
+    key = b64decode(pr.get("key"), 32)
+    nonce = b64decode(pr.get("nonce"), 16)
+    if key is None or nonce is None:
+        raise WireError("bad-hello", "pr key or nonce malformed")
+    return Hello(peer_id, key, nonce)
+
+
+def link_proof_bytes(
+    verifier_nonce: bytes, prover_nonce: bytes, verifier: bytes, prover: bytes
+) -> bytes:
+    """What a prover signs to show the verifier on this link that it holds its key."""
+    return LINK_CONTEXT + verifier_nonce + prover_nonce + verifier + prover
+
+
+def proof_frame(signature: bytes) -> bytes:
+    """The second frame on a link between two of our peers."""
+    return orjson.dumps({"pr": {"proof": b64encode(signature)}})
+
+
+def parse_proof(obj: Any) -> bytes:
+    """Decode a proof frame to its signature; raise WireError."""
+    pr = obj.get("pr") if type(obj) is dict else None
+    sig = b64decode(pr.get("proof"), 64) if type(pr) is dict else None
+    if sig is None:
+        raise WireError("bad-proof", "expected a link proof frame")
+    return sig

@@ -1,0 +1,499 @@
+"""PeerRelay: the asyncio node. It pumps events between links and the core, and is the public API.
+
+All decisions are the core's (:mod:`peer_relay.core`); this module only carries them out: it runs
+the WebSocket server, dials, moves frames, re-arms the core's one timer, and calls the
+application's callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import socket
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import fields
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection
+
+from .core import Config, Core
+from .events import (
+    CloseLink,
+    ConnectResult,
+    Delivered,
+    DialWebSocket,
+    PeerLinked,
+    PeerUnlinked,
+    SendFrame,
+    SignalIn,
+    StartWebRTC,
+)
+from .identity import Identity
+from .ids import parse_id, short
+from .transports.websocket import WsLink, WsOptions, dial, listen
+
+_log = logging.getLogger("peer_relay.node")
+
+EVENTS = ("message", "peer", "peer-closed")
+_CONFIG_FIELDS = frozenset(f.name for f in fields(Config)) - {"url", "webrtc", "require_auth"}
+
+
+class PeerId(bytes):
+    """A 20-byte peer id as given to message callbacks; ``verified`` says if it is proven."""
+
+    verified: bool
+
+    def __new__(cls, value: bytes, verified: bool = True) -> PeerId:
+        self = super().__new__(cls, value)
+        self.verified = verified
+        return self
+
+    def __repr__(self) -> str:
+        return f"PeerId({self.hex()!r}, verified={self.verified})"
+
+
+class Message:
+    """A received message. Unpacks as ``data, sender``; also has ``verified`` and ``hops``."""
+
+    __slots__ = ("data", "hops", "sender", "verified")
+
+    def __init__(self, data: Any, sender: PeerId, hops: int) -> None:
+        self.data = data
+        self.sender = sender
+        self.verified = sender.verified
+        self.hops = hops
+
+    def __iter__(self) -> Any:
+        yield self.data
+        yield self.sender
+
+    def __repr__(self) -> str:
+        return f"Message(data={self.data!r}, sender={self.sender.hex()}, hops={self.hops})"
+
+
+class PeerRelay:
+    """A peer of the relay network.
+
+    ``port=None`` runs no server (a client-only peer, like a browser); ``port=0`` takes a free port.
+    ``bootstrap`` lists WebSocket URLs of peers already in the network. ``public_url`` is the URL
+    to advertise when the listening address is not what others should dial. ``identity`` is this
+    peer's key (a new one by default). ``allow_unsigned`` admits peers of the original 0.0.2 and
+    unsigned messages, whose senders are then marked unverified. Every other keyword is a
+    :class:`~peer_relay.core.Config` limit or policy (``max_links``, ``max_frame``, ...), and
+    ``max_inbox`` bounds the queue behind :meth:`messages`.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        host: str = "0.0.0.0",
+        bootstrap: Iterable[str] = (),
+        public_url: str | None = None,
+        identity: Identity | None = None,
+        allow_unsigned: bool = False,
+        wrtc: bool = False,
+        ice_servers: Iterable[str] = (),
+        ice_host_addresses: Iterable[str] | None = None,
+        ping_interval: float | None = 20.0,
+        ping_timeout: float | None = 20.0,
+        max_inbox: int = 1024,
+        max_link_buffer: int = 16 << 20,
+        **options: Any,
+    ) -> None:
+        unknown = set(options) - _CONFIG_FIELDS
+        if unknown:
+            raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
+        if port is not None and not 0 <= port <= 65535:
+            raise ValueError("port must be in 0..65535 or None")
+        self.identity = identity or Identity.generate()
+        self.id: bytes = self.identity.id
+        self._config = Config(require_auth=not allow_unsigned, webrtc=wrtc, **options)
+        self._port = port
+        self._host = host
+        self._bootstrap = list(bootstrap)
+        for url in self._bootstrap:
+            if not url.startswith(("ws://", "wss://")):
+                raise ValueError(f"bootstrap URL must be ws:// or wss://, got {url!r}")
+        self._public_url = public_url
+        self._ws_options = WsOptions(
+            max_frame=self._config.max_frame,
+            max_buffer=max_link_buffer,
+            ping_interval=ping_interval,
+            ping_timeout=ping_timeout,
+            open_timeout=self._config.link_timeout,
+        )
+        self._wrtc = wrtc
+        self._ice_servers = tuple(ice_servers)
+        self._ice_host_addresses = None if ice_host_addresses is None else tuple(ice_host_addresses)
+        self._rtc: Any = None
+        self._max_inbox = max_inbox
+        self._core: Core | None = None
+        self._server: Server | None = None
+        self._links: dict[int, Any] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._listeners: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENTS}
+        self._connect_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._inbox: asyncio.Queue[Message] | None = None
+        self._node_drops: Counter[str] = Counter()
+        self._link_ready: asyncio.Event | None = None
+        self._started = False
+        self._destroyed = False
+        self.url: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> PeerRelay:
+        """Start the server (if a port was given) and dial the bootstrap peers."""
+        if self._started:
+            return self
+        if self._destroyed:
+            raise RuntimeError("this peer has been destroyed")
+        self._started = True
+        self._link_ready = asyncio.Event()
+        if self._port is not None:
+            self._server = await listen(self._accept, self._host, self._port, self._ws_options)
+            self.url = self._public_url or _advertised_url(self._server, self._host)
+        else:
+            self.url = self._public_url
+        self._core = Core(
+            self.identity,
+            Config(**{**_config_dict(self._config), "url": self.url}),
+            rng=random.SystemRandom(),
+            now=time.time(),
+        )
+        if self._wrtc:
+            from .transports.rtc_adapter import RtcAdapter
+
+            self._rtc = RtcAdapter(self, self._ice_servers, self._ice_host_addresses)
+        self._core.bootstrap(self._bootstrap, time.time())
+        self._flush()
+        _log.info("peer %s started, url %s", short(self.id), self.url)
+        return self
+
+    async def destroy(self) -> None:
+        """Close every link and the server; idempotent; returns once all are closed."""
+        if self._destroyed:
+            return
+        self._destroyed = True
+        if self._core is not None:
+            self._core.close(time.time())
+            self._flush()
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._rtc is not None:
+            await self._rtc.close()
+        for link in list(self._links.values()):
+            link.close("shutdown")
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        tasks = [t for t in self._tasks if not t.done()]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=self._ws_options.close_timeout)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for waiters in self._connect_waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_exception(ConnectionError("peer destroyed"))
+        self._connect_waiters.clear()
+        _log.info("peer %s destroyed", short(self.id))
+
+    async def __aenter__(self) -> PeerRelay:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.destroy()
+
+    # ------------------------------------------------------------------ public API
+
+    @property
+    def peers(self) -> list[bytes]:
+        """Ids of the peers this one is directly linked to."""
+        return [] if self._core is None else self._core.peers
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: frames and bytes in and out, delivered, relayed, drops by reason, links."""
+        if self._core is None:
+            return {}
+        out = self._core.stats.as_dict()
+        dropped: Counter[str] = Counter(out["dropped"])
+        dropped.update(self._node_drops)
+        out["dropped"] = dict(dropped)
+        out["links_open"] = len(self._core.peers)
+        return out
+
+    @property
+    def config(self) -> Config:
+        """The limits and policies in force."""
+        return self._config
+
+    def link_transport(self, peer_id: object) -> str | None:
+        """``"ws"`` or ``"webrtc"`` for a directly linked peer, else None."""
+        return None if self._core is None else self._core.link_transport(parse_id(peer_id))
+
+    def send(self, peer_id: object, data: Any) -> None:
+        """Send ``data`` (JSON: I-JSON numbers, string keys) to ``peer_id``; returns at once.
+
+        Raises ``ValueError``/``TypeError`` at once for a malformed id or payload.
+        """
+        core = self._require_core()
+        core.send(peer_id, data, time.time())
+        self._flush()
+
+    async def drain(self, low_water: int = 1 << 20) -> None:
+        """Wait until every link's send buffer is below ``low_water`` bytes (flow control)."""
+        while any(getattr(link, "buffered", 0) > low_water for link in self._links.values()):
+            await asyncio.sleep(0.001)
+
+    async def connect(self, peer_id: object, timeout: float | None = None) -> None:
+        """Form a direct link to ``peer_id`` through a relayed handshake.
+
+        Raises ``TimeoutError`` if it does not open in time, ``ConnectionError`` if it fails.
+        """
+        core = self._require_core()
+        target = parse_id(peer_id)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._connect_waiters.setdefault(target, []).append(fut)
+        core.connect(target, time.time())
+        self._flush()
+        wait = timeout if timeout is not None else self._config.connect_timeout + 1.0
+        try:
+            await asyncio.wait_for(asyncio.shield(fut), wait)
+        finally:
+            waiters = self._connect_waiters.get(target, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._connect_waiters.pop(target, None)
+
+    def disconnect(self, peer_id: object) -> bool:
+        """Close the direct link to ``peer_id``; return whether there was one."""
+        core = self._require_core()
+        closed = core.disconnect(peer_id, time.time())
+        self._flush()
+        return closed
+
+    def on(self, event: str, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` on ``event``: ``message(data, sender)``, ``peer(id)``,
+        ``peer-closed(id, reason)``. Coroutine functions are run as tasks; exceptions are logged.
+        """
+        if event not in self._listeners:
+            raise ValueError(f"unknown event {event!r}; events are {', '.join(EVENTS)}")
+        self._listeners[event].append(callback)
+
+    def off(self, event: str, callback: Callable[..., Any]) -> None:
+        """Stop calling ``callback`` on ``event``."""
+        with contextlib.suppress(KeyError, ValueError):
+            self._listeners[event].remove(callback)
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Messages addressed to this peer, as they arrive: ``async for data, sender in ...``.
+
+        Messages that arrive before the first call are not kept. When more than ``max_inbox``
+        wait unread, the oldest is dropped and counted as ``inbox-full``.
+        """
+        if self._inbox is None:
+            self._inbox = asyncio.Queue(self._max_inbox)
+        inbox = self._inbox
+        while not self._destroyed or not inbox.empty():
+            yield await inbox.get()
+
+    async def wait_for_peers(self, count: int = 1, timeout: float = 10.0) -> None:
+        """Wait until at least ``count`` direct links are open."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.peers) < count:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{len(self.peers)} of {count} links open after {timeout}s")
+            assert self._link_ready is not None
+            self._link_ready.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._link_ready.wait(), 0.5)
+
+    def __repr__(self) -> str:
+        return f"PeerRelay(id={self.id.hex()}, url={self.url!r}, links={len(self.peers)})"
+
+    # ------------------------------------------------------------------ the pump
+
+    def _require_core(self) -> Core:
+        if self._destroyed:
+            raise RuntimeError("this peer has been destroyed")
+        if self._core is None:
+            raise RuntimeError("call 'await peer.start()' (or use 'async with') first")
+        return self._core
+
+    def _flush(self) -> None:
+        """Carry out everything the core asked for, then re-arm its timer."""
+        core = self._core
+        if core is None:
+            return
+        links = self._links
+        for event in core.events():
+            kind = type(event)
+            if kind is SendFrame:
+                assert isinstance(event, SendFrame)
+                link = links.get(event.handle)
+                if link is not None and not link.send(event.frame):
+                    self._node_drops["send-buffer-full"] += 1
+            elif kind is Delivered:
+                assert isinstance(event, Delivered)
+                self._deliver(event)
+            else:
+                self._handle(event)
+        when = core.get_timer()
+        if when is not None and when != self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = when
+            delay = max(0.0, when - time.time())
+            self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _handle(self, event: object) -> None:
+        if isinstance(event, CloseLink):
+            link = self._links.get(event.handle)
+            if link is not None:
+                link.close(event.reason)
+            elif self._rtc is not None:
+                self._rtc.close_link(event.handle, event.reason)
+        elif isinstance(event, DialWebSocket):
+            self._spawn(self._dial(event.handle, event.url))
+        elif isinstance(event, PeerLinked):
+            _log.info("%s linked to %s (%s)", short(self.id), short(event.peer_id), event.transport)
+            if self._link_ready is not None:
+                self._link_ready.set()
+            self._emit("peer", PeerId(event.peer_id, event.authenticated))
+        elif isinstance(event, PeerUnlinked):
+            _log.info("%s unlinked %s: %s", short(self.id), short(event.peer_id), event.reason)
+            self._emit("peer-closed", PeerId(event.peer_id), event.reason)
+        elif isinstance(event, ConnectResult):
+            for fut in self._connect_waiters.get(event.peer_id, []):
+                if not fut.done():
+                    if event.ok:
+                        fut.set_result(None)
+                    else:
+                        fut.set_exception(ConnectionError(f"connect failed: {event.reason}"))
+        elif isinstance(event, StartWebRTC | SignalIn) and self._rtc is not None:
+            self._rtc.handle(event)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        if self._core is not None and not self._destroyed:
+            self._core.handle_timer(time.time())
+            self._flush()
+
+    def _deliver(self, event: Delivered) -> None:
+        sender = PeerId(event.sender, event.verified)
+        inbox = self._inbox
+        if inbox is not None:
+            if inbox.full():
+                inbox.get_nowait()
+                self._node_drops["inbox-full"] += 1
+            inbox.put_nowait(Message(event.data, sender, event.hops))
+        self._emit("message", event.data, sender)
+
+    def _emit(self, name: str, *args: Any) -> None:
+        for callback in list(self._listeners[name]):
+            try:
+                result = callback(*args)
+                if inspect.isawaitable(result):
+                    self._spawn(_logged(result, name))
+            except Exception:
+                _log.exception("%s callback failed", name)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ------------------------------------------------------------------ WebSocket links
+
+    async def _accept(self, ws: ServerConnection) -> None:
+        if self._destroyed or self._core is None:
+            await ws.close(1001, "shutting down")
+            return
+        handle = self._core.link_accepted(time.time())
+        await self._run_link(handle, ws)
+
+    async def _dial(self, handle: int, url: str) -> None:
+        try:
+            ws = await dial(url, self._ws_options)
+        except (OSError, TimeoutError, Exception) as exc:
+            if self._core is not None:
+                self._core.link_closed(handle, time.time(), f"dial failed: {exc!r}"[:200])
+                self._flush()
+            return
+        if self._destroyed or self._core is None:
+            await ws.close(1001, "shutting down")
+            return
+        self._core.link_connected(handle, time.time())
+        await self._run_link(handle, ws)
+
+    async def _run_link(self, handle: int, ws: Any) -> None:
+        core = self._core
+        assert core is not None
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        def on_frame(frame: bytes) -> None:
+            core.frame_received(handle, frame, time.time())
+            self._flush()
+
+        def on_close(reason: str) -> None:
+            self._links.pop(handle, None)
+            core.link_closed(handle, time.time(), reason)
+            self._flush()
+
+        link = WsLink(ws, on_frame, on_close, self._ws_options)
+        self._links[handle] = link
+        # The core may have queued the hello before the link object existed.
+        self._flush()
+        await link.run()
+
+
+async def _logged(awaitable: Any, name: str) -> None:
+    try:
+        await awaitable
+    except Exception:
+        _log.exception("%s callback failed", name)
+
+
+def _config_dict(config: Config) -> dict[str, Any]:
+    return {f.name: getattr(config, f.name) for f in fields(config)}
+
+
+def _advertised_url(server: Server, host: str) -> str:
+    """The URL others should dial: the real bound port, and a real address (never localhost)."""
+    sockname = next(iter(server.sockets)).getsockname()
+    port = sockname[1]
+    address = host
+    if host in ("", "0.0.0.0", "::"):
+        address = _primary_address()
+    if ":" in address:
+        address = f"[{address}]"
+    return f"ws://{address}:{port}"
+
+
+def _primary_address() -> str:
+    """A non-loopback IPv4 address of this host from its own name, else 127.0.0.1."""
+    try:
+        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+    except OSError:
+        return "127.0.0.1"
+    for info in infos:
+        address = str(info[4][0])
+        if not address.startswith("127."):
+            return address
+    return "127.0.0.1"

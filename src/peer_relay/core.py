@@ -102,6 +102,11 @@ class Config:
     strategy: Strategy = "spread"
     """Population policy: ``spread`` (Kademlia-style) or ``original`` (0.0.2's)."""
 
+    @property
+    def near_count(self) -> int:
+        """How many nearest-neighbour links are wanted and protected: at most half the budget."""
+        return min(self.near_links, self.max_links // 2)
+
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -887,10 +892,12 @@ class Core:
             link = self._links.get(attempt.webrtc_handle)
             if link is not None:
                 self._close(link, reason, now)
-        if reason in ("timeout", "unreachable"):
-            self._candidates.remove(peer_id)
+        if reason != "shutdown":
+            # Back off from a peer that did not answer, cannot be reached or refused us.
+            if reason in ("timeout", "unreachable"):
+                self._candidates.remove(peer_id)
             undialable = self._undialable
-            undialable[peer_id] = now + 10 * self.config.refresh_interval
+            undialable[peer_id] = now + 4 * self.config.refresh_interval
             if len(undialable) > self.config.max_undialable:
                 undialable.popitem(last=False)
         if attempt.user:
@@ -945,7 +952,7 @@ class Core:
             nearest = self._candidates.closest(self.id, 15)
             return [p for p in nearest if self._dialable(p)][:budget]
         wanted: list[bytes] = []
-        near = self._candidates.closest(self.id, cfg.near_links)
+        near = self._candidates.closest(self.id, cfg.near_count)
         wanted.extend(p for p in near if self._dialable(p))
         linked = {bucket_index(self._int, link.peer_int) for link in self._open}
         for attempt_id in self._connecting:
@@ -970,7 +977,7 @@ class Core:
         cfg = self.config
         if cfg.strategy == "original":
             return None
-        near = set(self._table.closest(self.id, cfg.near_links))
+        near = set(self._table.closest(self.id, cfg.near_count))
         near.add(newcomer)
         by_bucket: dict[int, list[_Link]] = {}
         for link in self._open:

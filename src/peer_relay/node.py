@@ -344,7 +344,8 @@ class PeerRelay:
                 assert isinstance(event, SendFrame)
                 link = links.get(event.handle)
                 if link is not None and not link.send(event.frame):
-                    self._node_drops["send-buffer-full"] += 1
+                    closing = getattr(link, "closing", False)
+                    self._node_drops["link-closing" if closing else "send-buffer-full"] += 1
             elif kind is Delivered:
                 assert isinstance(event, Delivered)
                 self._deliver(event)

@@ -58,6 +58,11 @@ class WsLink:
         self.dropped = 0
 
     @property
+    def closing(self) -> bool:
+        """True once the link has started closing; it sends nothing more."""
+        return self._closing
+
+    @property
     def buffered(self) -> int:
         """Bytes queued and not yet handed to the connection."""
         return self._buffered

@@ -480,18 +480,17 @@ class Core:
         cfg = self.config
         existing = self._table.get(peer_id)
         if existing is not None:
-            # Both ends keep the link dialled by the lower id, so they agree on the survivor.
-            if existing.transport == link.transport == "ws" and existing.outbound != link.outbound:
-                dialer_of_new_is_us = link.outbound
-                keep_new = (self.id < peer_id) == dialer_of_new_is_us
-                if keep_new:
-                    self._close(existing, "duplicate", now)
-                else:
-                    self._close(link, "duplicate", now)
-                    return
+            # Both ends must pick the same survivor. Links dialled in opposite directions: keep
+            # the one dialled by the lower id. Same direction: the new one supersedes the old,
+            # which the remote evidently gave up on.
+            if existing.outbound != link.outbound:
+                keep_new = (self.id < peer_id) == link.outbound
             else:
+                keep_new = True
+            if not keep_new:
                 self._close(link, "duplicate", now)
                 return
+            self._close(existing, "superseded", now)
         if len(self._open) >= cfg.max_links:
             victim = self._eviction_victim(peer_id, now)
             if victim is None:
@@ -799,8 +798,8 @@ class Core:
         self._populate(now)
 
     def _on_offer(self, sender: bytes, payload: Any, now: float) -> None:
-        if sender in self._table:
-            return
+        # An offer from a peer we think is linked is still answered: the asker has no link (its
+        # close may not have reached us yet), and a duplicate link is resolved when it opens.
         if not self._take_token(now):
             return
         pending = sender in self._connecting

@@ -89,8 +89,8 @@ class Envelope:
 
 def parse_envelope(obj: Any, max_hops: int = MAX_HOPS) -> Envelope:
     """Check the parts of an envelope a relay needs (ids, path, nonce); raise WireError."""
-    if type(obj) is not dict:
-        raise WireError("not-envelope", type(obj).__name__)
+    if type(obj) is not dict or "to" not in obj or "path" not in obj:
+        raise WireError("not-envelope", "missing to or path")
     to = hex_from_wire(obj.get("to"))
     sender = hex_from_wire(obj.get("from"))
     if to is None or sender is None:

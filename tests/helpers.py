@@ -1,0 +1,27 @@
+"""Shared test helpers: polling with a deadline (never fixed sleeps), node factories."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+
+
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Wait until ``predicate()`` holds, polling; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def frame_reasons(stats: dict[str, object]) -> dict[str, int]:
+    """The drop counters of a node's stats."""
+    dropped = stats.get("dropped", {})
+    assert isinstance(dropped, dict)
+    return dropped

@@ -716,7 +716,7 @@ class Core:
                 self._drop("replay", env.nonce)
                 return
             try:
-                data = wire.canonical(env.raw["data"])
+                data, body = wire.canonical_received(env.raw["data"])
             except ValueError:
                 self._drop("bad-signature", "data cannot be canonicalised")
                 return
@@ -724,6 +724,8 @@ class Core:
             if not self._verify(auth.key, auth.sig, signed):
                 self._drop("bad-signature", env.sender)
                 return
+            if body is not env.raw["data"]:
+                payload = body.get("data")  # big integers read as the doubles that were signed
             ts = auth.ts
             verified = True
         elif cfg.require_auth:

@@ -142,6 +142,38 @@ def canonical(value: Any) -> bytes:
         raise ValueError(f"data is not interoperable JSON: {exc}") from None
 
 
+def canonical_received(value: Any) -> tuple[bytes, Any]:
+    """The canonical JSON a signed envelope's ``data`` was signed as, and the value it denotes.
+
+    An origin writes numbers as JavaScript does, so an integral double of 2**53 or more leaves it
+    as plain digits (``2.0**53`` as ``9007199254740992``, ``1e19`` as ``10000000000000000000``),
+    and a JSON parser reads those back as integers beyond I-JSON's range, which :func:`canonical`
+    refuses. Such integers are taken as the doubles they denote (what JavaScript, and so every
+    0.0.2 relay, does) and the value returned is the one with doubles. Raise ``ValueError`` if
+    it still is not I-JSON.
+    """
+    try:
+        return canonical(value), value
+    except ValueError:
+        pass
+    try:
+        value = _big_ints_as_doubles(value)
+    except (RecursionError, OverflowError):
+        raise ValueError("data is not interoperable JSON") from None
+    return canonical(value), value
+
+
+def _big_ints_as_doubles(value: Any) -> Any:
+    kind = type(value)
+    if kind is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        return float(value)
+    if kind is list:
+        return [_big_ints_as_doubles(item) for item in value]
+    if kind is dict:
+        return {key: _big_ints_as_doubles(item) for key, item in value.items()}
+    return value
+
+
 def signed_bytes(to_hex: str, from_hex: str, nonce: str, ts: int, data_canonical: bytes) -> bytes:
     """The exact bytes an origin signs: context, ids, nonce, timestamp and canonical data."""
     return b"".join(

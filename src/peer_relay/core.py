@@ -448,32 +448,46 @@ class Core:
         """A frame on a link that is not open yet: the hello, then the proof."""
         if link.state == _HELLO:
             hello = wire.parse_hello(obj)
+            refusal = None
             if hello.peer_id == self.id:
-                self._close(link, "self-link", now)
+                refusal = "self-link"
             elif link.expected is not None and hello.peer_id != link.expected:
-                self._close(link, "unexpected-id", now)
+                refusal = "unexpected-id"
             elif hello.key is None or hello.nonce is None:
                 if self.config.require_auth:
-                    self._close(link, "unauthenticated-peer", now)
+                    refusal = "unauthenticated-peer"
                 else:
                     self._establish(link, hello.peer_id, False, now)
             elif id_for_key(hello.key) != hello.peer_id:
-                self._close(link, "key-mismatch", now)
+                refusal = "key-mismatch"
             else:
                 link.remote_key, link.remote_nonce = hello.key, hello.nonce
                 link.peer_id = hello.peer_id
-                proof = wire.link_proof_bytes(hello.nonce, link.my_nonce, hello.peer_id, self.id)
+                proof = wire.link_proof_bytes(
+                    hello.nonce, link.my_nonce, hello.peer_id, self.id, prover_dialled=link.outbound
+                )
                 self._send_frame(link, wire.proof_frame(self.identity.sign(proof)))
                 link.state = _PROOF
+            if refusal is not None:
+                self._drop(refusal, hello.peer_id.hex())
+                self._close(link, refusal, now)
         elif link.state == _PROOF:
             signature = wire.parse_proof(obj)
             assert link.remote_key is not None
-            signed = wire.link_proof_bytes(link.my_nonce, link.remote_nonce, self.id, link.peer_id)
+            signed = wire.link_proof_bytes(
+                link.my_nonce,
+                link.remote_nonce,
+                self.id,
+                link.peer_id,
+                prover_dialled=not link.outbound,
+            )
             if self._verify(link.remote_key, signature, signed):
                 self._establish(link, link.peer_id, True, now)
             else:
+                self._drop("bad-proof", link.peer_id.hex())
                 self._close(link, "bad-proof", now)
         else:
+            self._drop("frame-before-open")
             self._close(link, "frame-before-open", now)
 
     def _establish(self, link: _Link, peer_id: bytes, authenticated: bool, now: float) -> None:

@@ -283,10 +283,22 @@ def parse_hello(obj: Any) -> Hello:
 
 
 def link_proof_bytes(
-    verifier_nonce: bytes, prover_nonce: bytes, verifier: bytes, prover: bytes
+    verifier_nonce: bytes,
+    prover_nonce: bytes,
+    verifier: bytes,
+    prover: bytes,
+    *,
+    prover_dialled: bool = True,
 ) -> bytes:
-    """What a prover signs to show the verifier on this link that it holds its key."""
-    return LINK_CONTEXT + verifier_nonce + prover_nonce + verifier + prover
+    """What a prover signs to show the verifier on this link that it holds its key.
+
+    The prover's role on the connection (it dialled, or it accepted) is signed too. Without it a
+    man in the middle that dials two peers could pass each one's hello and proof to the other,
+    and both would take the middleman's two connections for a direct link between them: both
+    accepted their connection, so each expects a proof made by a dialler and refuses the other's.
+    """
+    role = b"D" if prover_dialled else b"A"
+    return LINK_CONTEXT + role + verifier_nonce + prover_nonce + verifier + prover
 
 
 def proof_frame(signature: bytes) -> bytes:

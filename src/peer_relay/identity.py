@@ -61,12 +61,36 @@ class _CryptographySigner:
         return self._key.sign(message)
 
 
+# Encodings of the points of small order (with the sign bit cleared; libsodium's list). A public
+# key of small order "verifies" signatures that need no private key (the identity point accepts
+# R = identity, S = 0 for every message), so the id derived from it would belong to everyone.
+_SMALL_ORDER_KEYS = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def is_weak_key(public_key: bytes) -> bool:
+    """Whether ``public_key`` encodes a point of small order (such keys are refused)."""
+    return public_key[:31] + bytes([public_key[31] & 0x7F]) in _SMALL_ORDER_KEYS
+
+
 def verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """Check an Ed25519 signature with ``cryptography``; malformed keys simply fail."""
+    """Check an Ed25519 signature with ``cryptography``; malformed and weak keys simply fail."""
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
+        return False
+    if is_weak_key(public_key):
         return False
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)

@@ -13,6 +13,7 @@ counted in :attr:`Core.stats` under a reason, and logged at debug level. Misuse 
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 from collections import Counter, OrderedDict, deque
@@ -221,7 +222,10 @@ class Core:
         self._rtc_by_peer: dict[bytes, int] = {}
         self._seen: OrderedDict[str, float] = OrderedDict()
         self._delivered: OrderedDict[str, tuple[float, int]] = OrderedDict()
-        self._replay_floor = -1
+        # Every signed message at or below (ts, key) is refused: those forgotten to keep the
+        # duplicate filter bounded are all there (a heap over _delivered gives the lowest first).
+        self._replay_floor: tuple[int, str] = (-1, "")
+        self._by_ts: list[tuple[int, str]] = []
         self._routes: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
         self._queue: deque[tuple[str, bytes]] = deque()
         self._bootstrap: list[str] = []
@@ -723,10 +727,10 @@ class Core:
             if id_for_key(auth.key).hex() != env.sender:
                 self._drop("key-mismatch", env.sender)
                 return
-            if abs(auth.ts - now * 1000) > cfg.replay_window * 1000:
+            if abs(auth.ts - now * 1000) >= cfg.replay_window * 1000:
                 self._drop("expired", env.nonce)
                 return
-            if auth.ts <= self._replay_floor:
+            if (auth.ts, key) <= self._replay_floor:
                 self._drop("replay", env.nonce)
                 return
             try:
@@ -749,9 +753,22 @@ class Core:
             verified = False
         delivered = self._delivered
         delivered[key] = (now + cfg.seen_ttl, ts)
+        by_ts = self._by_ts
+        heapq.heappush(by_ts, (ts, key))
         if len(delivered) > cfg.max_seen:
-            _key, (_expiry, old_ts) = delivered.popitem(last=False)
-            self._replay_floor = max(self._replay_floor, old_ts)
+            # Forget the message dated earliest, not the one received first: the floor rises as
+            # little as it can, and one message dated late in the window (from any signer) cannot
+            # lift the floor above every honest clock and make honest messages look replayed.
+            while True:
+                oldest = heapq.heappop(by_ts)
+                entry = delivered.get(oldest[1])
+                if entry is not None and entry[1] == oldest[0]:
+                    del delivered[oldest[1]]
+                    break
+            self._replay_floor = max(self._replay_floor, oldest)
+        elif len(by_ts) > 2 * len(delivered) + 64:
+            self._by_ts = [(entry_ts, k) for k, (_expiry, entry_ts) in delivered.items()]
+            heapq.heapify(self._by_ts)
         if env.path and env.path[0] == env.sender:
             routes = self._routes
             routes[env.sender] = (now + cfg.route_ttl, env.path[::-1])

@@ -141,7 +141,9 @@ class Stats:
         return out
 
 
-_DIALING, _HELLO, _PROOF, _OPEN = range(4)
+_DIALING, _HELLO, _PROOF, _OPEN, _DRAINING = range(5)
+# _DRAINING: we closed an open link; frames the remote sent before it saw the close are still
+# delivered or relayed until the adapter reports the link gone (or its deadline passes).
 
 
 class _Link:
@@ -256,7 +258,9 @@ class Core:
         self._next_tick = now + cfg.tick_interval
         self._expire(now)
         for link in list(self._links.values()):
-            if link.state != _OPEN and now >= link.deadline:
+            if link.state == _DRAINING and now >= link.deadline:
+                del self._links[link.handle]
+            elif link.state != _OPEN and now >= link.deadline:
                 self._close(link, "handshake-timeout", now)
             elif link.strikes and now >= link.deadline:
                 link.strikes = 0
@@ -404,7 +408,7 @@ class Core:
         stats.bytes_in += len(frame)
         try:
             obj = wire.loads(frame, self.config.max_frame)
-            if link.state != _OPEN:
+            if link.state < _OPEN:
                 self._link_frame(link, obj, now)
                 return
             env = wire.parse_envelope(obj, self.config.max_hops)
@@ -544,14 +548,21 @@ class Core:
             self._route_new(to_hex, frame)
 
     def _close(self, link: _Link, reason: str, now: float) -> None:
-        """Close a link we decided to close."""
-        if link.handle not in self._links:
+        """Close a link we decided to close; an open one drains until the adapter reports it."""
+        if link.handle not in self._links or link.state == _DRAINING:
             return
         self._events.append(CloseLink(link.handle, reason))
+        was_open = link.state == _OPEN
         self._forget(link, reason, now)
+        if was_open:
+            link.state = _DRAINING
+            link.deadline = now + self.config.link_timeout
+            self._links[link.handle] = link
 
     def _forget(self, link: _Link, reason: str, now: float) -> None:
         del self._links[link.handle]
+        if link.state == _DRAINING:
+            return
         if link.state == _OPEN:
             self._open.remove(link)
             self._table.remove(link.peer_id)

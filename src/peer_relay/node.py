@@ -144,19 +144,32 @@ class PeerRelay:
         self._inbox: asyncio.Queue[Message] | None = None
         self._node_drops: Counter[str] = Counter()
         self._link_ready: asyncio.Event | None = None
-        self._started = False
+        self._starting: asyncio.Future[None] | None = None
         self._destroyed = False
         self.url: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> PeerRelay:
-        """Start the server (if a port was given) and dial the bootstrap peers."""
-        if self._started:
-            return self
+        """Start the server (if a port was given) and dial the bootstrap peers.
+
+        Safe to call concurrently (every caller returns once the peer runs) and to call again
+        after a failure (a port in use, say).
+        """
         if self._destroyed:
             raise RuntimeError("this peer has been destroyed")
-        self._started = True
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        starting = self._starting
+        try:
+            await asyncio.shield(starting)
+        except BaseException:
+            if starting.done() and self._starting is starting:
+                self._starting = None
+            raise
+        return self
+
+    async def _start(self) -> None:
         self._link_ready = asyncio.Event()
         if self._port is not None:
             self._server = await listen(self._accept, self._host, self._port, self._ws_options)
@@ -176,7 +189,6 @@ class PeerRelay:
         self._core.bootstrap(self._bootstrap, time.time())
         self._flush()
         _log.info("peer %s started, url %s", short(self.id), self.url)
-        return self
 
     async def destroy(self) -> None:
         """Close every link and the server; idempotent; returns once all are closed."""
@@ -297,15 +309,17 @@ class PeerRelay:
         with contextlib.suppress(KeyError, ValueError):
             self._listeners[event].remove(callback)
 
-    async def messages(self) -> AsyncIterator[Message]:
+    def messages(self) -> AsyncIterator[Message]:
         """Messages addressed to this peer, as they arrive: ``async for data, sender in ...``.
 
-        Messages that arrive before the first call are not kept. When more than ``max_inbox``
-        wait unread, the oldest is dropped and counted as ``inbox-full``.
+        Messages are kept from the first call on (earlier ones are not). When more than
+        ``max_inbox`` wait unread, the oldest is dropped and counted as ``inbox-full``.
         """
         if self._inbox is None:
             self._inbox = asyncio.Queue(self._max_inbox)
-        inbox = self._inbox
+        return self._read_inbox(self._inbox)
+
+    async def _read_inbox(self, inbox: asyncio.Queue[Message]) -> AsyncIterator[Message]:
         while not self._destroyed or not inbox.empty():
             yield await inbox.get()
 

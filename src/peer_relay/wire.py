@@ -16,9 +16,9 @@ import binascii
 from dataclasses import dataclass
 from typing import Any, Final
 
-import orjson
 import rfc8785
 
+from . import _json
 from .ids import ID_HEX, buffer_json, hex_from_wire, id_from_wire
 
 MAX_HOPS: Final = 20
@@ -69,8 +69,8 @@ def loads(frame: bytes | str, max_size: int) -> Any:
     if len(frame) > max_size:
         raise WireError("oversize", f"{len(frame)} > {max_size} bytes")
     try:
-        return orjson.loads(frame)
-    except orjson.JSONDecodeError as exc:
+        return _json.loads(frame)
+    except ValueError as exc:  # orjson's JSONDecodeError, or the json fallback's errors
         raise WireError("malformed-json", str(exc)[:80]) from None
 
 
@@ -122,7 +122,7 @@ def message_body(env: Envelope) -> tuple[str, Any, bool]:
 
 def relay_frame(env: Envelope, own_hex: str) -> bytes:
     """The frame to forward: a copy of the envelope with our id appended to its path."""
-    return orjson.dumps({**env.raw, "path": [*env.path, own_hex]})
+    return _json.dumps({**env.raw, "path": [*env.path, own_hex]})
 
 
 # ----------------------------------------------------------------------------- origin side
@@ -181,7 +181,7 @@ def signed_bytes(to_hex: str, from_hex: str, nonce: str, ts: int, data_canonical
             MESSAGE_CONTEXT,
             to_hex.encode(),
             from_hex.encode(),
-            orjson.dumps(nonce),
+            _json.dumps(nonce),
             b",",
             str(ts).encode(),
             b",",
@@ -208,13 +208,13 @@ def origin_frame(
         "from": from_hex,
         "path": [from_hex],
         "nonce": nonce,
-        "data": orjson.Fragment(data_canonical),
+        "data": _json.fragment(data_canonical),
     }
     if auth is not None:
         obj["auth"] = auth
     if route:
         obj["route"] = route
-    return orjson.dumps(obj)
+    return _json.dumps(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +250,7 @@ def hello_frame(own_id: bytes, key: bytes | None, nonce: bytes | None) -> bytes:
     obj = buffer_json(own_id)
     if key is not None and nonce is not None:
         obj["pr"] = {"v": 1, "key": b64encode(key), "nonce": b64encode(nonce)}
-    return orjson.dumps(obj)
+    return _json.dumps(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +303,7 @@ def link_proof_bytes(
 
 def proof_frame(signature: bytes) -> bytes:
     """The second frame on a link between two of our peers."""
-    return orjson.dumps({"pr": {"proof": b64encode(signature)}})
+    return _json.dumps({"pr": {"proof": b64encode(signature)}})
 
 
 def parse_proof(obj: Any) -> bytes:

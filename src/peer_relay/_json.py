@@ -1,0 +1,185 @@
+"""The JSON backend of the wire: ``orjson`` when it can be imported, else the standard library.
+
+``orjson`` is fast but compiled, so it is missing where wheels cannot be installed (Pyodide in a
+browser, offline). The fallback parses with :mod:`json` held to orjson's strictness, so a frame
+is accepted or refused alike by either backend:
+
+- ``NaN``, ``Infinity``, numbers that overflow a double, lone surrogates (escaped or raw), invalid
+  UTF-8, a byte order mark, control characters in strings and nesting deeper than
+  :data:`MAX_DEPTH` are refused;
+- integers outside the 64-bit range are read as doubles, as orjson reads them;
+- duplicate keys keep the last value (both do).
+
+Both raise a ``ValueError`` for every refused frame. ``dumps`` writes compact UTF-8 without
+escaping non-ASCII; the one difference in output is the spelling of some floats' exponents
+(orjson ``1e-7``, json ``1e-07``: the same number). :class:`Fragment` splices ready-made JSON
+bytes into a document, like ``orjson.Fragment``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from typing import Any, Final
+
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - depends on the platform
+    _orjson = None  # type: ignore[assignment]
+
+MAX_DEPTH: Final = 1024
+"""Deepest nesting of arrays and objects accepted (orjson's limit)."""
+
+_INT_MIN: Final = -(2**63)
+_INT_MAX: Final = 2**64 - 1
+# An escaped surrogate (\uD800-\uDFFF); whether it is paired is checked on the parsed value.
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+# Strings and brackets: enough to measure nesting without being fooled by brackets in strings.
+_DEPTH_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+
+
+class Fragment:
+    """Ready-made JSON (bytes or text) that :func:`dumps` writes as it is."""
+
+    __slots__ = ("contents",)
+
+    def __init__(self, contents: bytes | str) -> None:
+        self.contents = contents
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError("number is infinity when parsed as double")
+    return value
+
+
+def _parse_int(text: str) -> int | float:
+    if len(text) <= 20:
+        value = int(text)
+        if _INT_MIN <= value <= _INT_MAX:
+            return value
+    return _parse_float(text)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decoder = json.JSONDecoder(
+    parse_float=_parse_float, parse_int=_parse_int, parse_constant=_refuse_constant, strict=True
+)
+
+
+def _depth(text: str) -> int:
+    depth = deepest = 0
+    for match in _DEPTH_TOKEN.finditer(text):
+        token = match.group()
+        if token == "[" or token == "{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif token == "]" or token == "}":
+            depth -= 1
+    return deepest
+
+
+def _has_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif kind is list:
+            stack.extend(item)
+        elif kind is dict:
+            stack.extend(item)
+            stack.extend(item.values())
+    return False
+
+
+def std_loads(frame: bytes | bytearray | memoryview | str) -> Any:
+    """Parse one JSON document with the standard library, as strictly as orjson does."""
+    if isinstance(frame, str):
+        text = frame
+        text.encode("utf-8")  # raw lone surrogates raise UnicodeEncodeError, a ValueError
+    else:
+        text = bytes(frame).decode("utf-8")  # strict: invalid UTF-8 and surrogates raise
+    if not text.strip(" \t\n\r"):
+        raise ValueError("Input is a zero-length, empty document")
+    depth = _depth(text) if text.count("[") + text.count("{") > 256 else 0
+    if depth > MAX_DEPTH:
+        raise ValueError("depth limit exceeded")
+    limit = sys.getrecursionlimit()
+    try:
+        if depth > 256:  # json recurses once per level: make room for orjson's 1024
+            sys.setrecursionlimit(max(limit, depth + 500))
+        value = _decoder.decode(text)
+    except RecursionError:
+        raise ValueError("depth limit exceeded") from None
+    finally:
+        if depth > 256:
+            sys.setrecursionlimit(limit)
+    if _ESCAPED_SURROGATE.search(text) and _has_surrogate(value):
+        raise ValueError("no low surrogate in string")
+    return value
+
+
+_PLACEHOLDER: Final = "\x00peer-relay fragment\x00"
+_PLACEHOLDER_JSON: Final = json.dumps(_PLACEHOLDER)
+
+
+def std_dumps(value: Any) -> bytes:
+    """Serialise like ``orjson.dumps``: compact UTF-8; NaN, infinities and surrogates refused."""
+    fragments: list[str] = []
+
+    def default(item: Any) -> Any:
+        if isinstance(item, Fragment):
+            contents = item.contents
+            fragments.append(contents if isinstance(contents, str) else contents.decode("utf-8"))
+            return _PLACEHOLDER
+        raise TypeError(f"Type is not JSON serializable: {type(item).__name__}")
+
+    try:
+        text = json.dumps(
+            value, ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=default
+        )
+    except ValueError as exc:  # NaN or an infinity: orjson raises a TypeError
+        raise TypeError(str(exc)) from None
+    if fragments:
+        parts = text.split(_PLACEHOLDER_JSON)
+        if len(parts) != len(fragments) + 1:
+            raise TypeError("a string in the document collides with the fragment marker")
+        text = "".join(part + frag for part, frag in zip(parts, [*fragments, ""], strict=True))
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TypeError("str is not valid UTF-8: surrogates not allowed") from None
+
+
+loads: Callable[[Any], Any]
+dumps: Callable[[Any], bytes]
+fragment: Callable[[bytes], Any]
+BACKEND = ""
+
+
+def use(backend: str) -> None:
+    """Switch the backend: ``"orjson"`` or ``"json"`` (for tests; the default is the best one)."""
+    global loads, dumps, fragment, BACKEND
+    if backend == "orjson":
+        if _orjson is None:
+            raise RuntimeError("orjson is not installed")
+        loads, dumps, fragment = _orjson.loads, _orjson.dumps, _orjson.Fragment
+    elif backend == "json":
+        loads, dumps, fragment = std_loads, std_dumps, Fragment
+    else:
+        raise ValueError(f"unknown JSON backend {backend!r}")
+    BACKEND = backend
+
+
+use("json" if _orjson is None else "orjson")

@@ -83,15 +83,44 @@ def is_weak_key(public_key: bytes) -> bool:
     return public_key[:31] + bytes([public_key[31] & 0x7F]) in _SMALL_ORDER_KEYS
 
 
-def verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
-    """Check an Ed25519 signature with ``cryptography``; malformed and weak keys simply fail."""
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+def _have_cryptography() -> bool:
+    global _HAVE_CRYPTOGRAPHY
+    if _HAVE_CRYPTOGRAPHY is None:
+        try:
+            import cryptography.hazmat.primitives.asymmetric.ed25519  # noqa: F401
+        except ImportError:
+            _HAVE_CRYPTOGRAPHY = False
+        else:
+            _HAVE_CRYPTOGRAPHY = True
+    return _HAVE_CRYPTOGRAPHY
 
+
+_HAVE_CRYPTOGRAPHY: bool | None = None
+
+
+def _default_signer(private_bytes: bytes) -> Signer:
+    """``cryptography`` when it is installed, else the pure-Python :mod:`peer_relay.ed25519`."""
+    if _have_cryptography():
+        return _CryptographySigner(private_bytes)
+    from .ed25519 import PureSigner
+
+    return PureSigner(private_bytes)
+
+
+def verify_ed25519(public_key: bytes, signature: bytes, message: bytes) -> bool:
+    """Check an Ed25519 signature (``cryptography``, else pure Python); malformed and weak keys
+    simply fail."""
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     if is_weak_key(public_key):
         return False
+    if not _have_cryptography():
+        from . import ed25519
+
+        return ed25519.verify(public_key, signature, message)
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
     except (InvalidSignature, ValueError):
@@ -108,7 +137,7 @@ class Identity:
         if signer is None:
             if private_bytes is None or len(private_bytes) != 32:
                 raise ValueError("an Ed25519 private key is 32 bytes")
-            signer = _CryptographySigner(bytes(private_bytes))
+            signer = _default_signer(bytes(private_bytes))
         self._private = private_bytes
         self.signer: Signer = signer
         self.public_key: bytes = signer.public_key

@@ -160,6 +160,7 @@ class _Link:
         "peer_int",
         "remote_key",
         "remote_nonce",
+        "rtc_offered",
         "state",
         "strikes",
         "transport",
@@ -181,6 +182,7 @@ class _Link:
         self.authenticated = False
         self.opened_at = 0.0
         self.strikes = 0
+        self.rtc_offered = False  # a WebRTC answerer link that was handed the remote's offer
 
 
 @dataclass(slots=True)
@@ -903,6 +905,15 @@ class Core:
             self._drop("unexpected-signal", "webrtc is off")
             return
         handle = self._rtc_by_peer.get(sender)
+        is_offer = type(payload) is dict and payload.get("type") == "offer" and "sdp" in payload
+        if handle is not None and is_offer and sender in self._answered:
+            stale = self._links.get(handle)
+            if stale is not None and stale.rtc_offered and stale.state != _OPEN:
+                # A second offer: the remote gave up on the attempt our link answers (its timeout
+                # may be shorter than ours) and asked again. Answer it on a new link; the old one
+                # would take the offer as a renegotiation and drop it.
+                self._close(stale, "superseded", now)
+                handle = self._rtc_by_peer.get(sender)
         if handle is None:
             if sender not in self._answered or sender in self._table:
                 self._drop("unexpected-signal", sender.hex())
@@ -911,6 +922,10 @@ class Core:
                 self._drop("too-many-pending", sender.hex())
                 return
             handle = self._start_webrtc(sender, False, now)
+        if is_offer:
+            link = self._links.get(handle)
+            if link is not None and not link.outbound:
+                link.rtc_offered = True
         self._events.append(SignalIn(handle, payload))
 
     def send_signal(self, handle: int, signal: Any, now: float) -> None:

@@ -503,6 +503,13 @@ class Core:
     def _establish(self, link: _Link, peer_id: bytes, authenticated: bool, now: float) -> None:
         cfg = self.config
         existing = self._table.get(peer_id)
+        if existing is not None and not (authenticated and existing.authenticated):
+            # A 0.0.2 peer keeps its first link in its table and ignores a second one (our id
+            # lower) or closes both (ours higher), and a close of either makes it drop the other
+            # too: no survivor can be agreed on, and keeping one may keep the ignored one.
+            self._close(existing, "duplicate", now)
+            self._close(link, "duplicate", now)
+            return
         if existing is not None:
             # Both ends must pick the same survivor. Links dialled in opposite directions: keep
             # the one dialled by the lower id. Same direction: the new one supersedes the old,
@@ -799,7 +806,7 @@ class Core:
         elif kind == wire.HANDSHAKE_OFFER:
             self._on_offer(sender, payload if has_payload else None, now)
         elif kind == wire.HANDSHAKE_ANSWER:
-            self._on_answer(sender, payload, now)
+            self._on_answer(sender, payload, verified, now)
         elif kind == wire.SIGNAL:
             self._on_signal(sender, payload, now)
         else:
@@ -872,7 +879,7 @@ class Core:
             now,
         )
 
-    def _on_answer(self, sender: bytes, payload: Any, now: float) -> None:
+    def _on_answer(self, sender: bytes, payload: Any, verified: bool, now: float) -> None:
         attempt = self._connecting.get(sender)
         if attempt is None or sender in self._table:
             self._drop("unexpected-answer", sender.hex())
@@ -887,7 +894,11 @@ class Core:
         elif type(ws) is str and ws.startswith(("ws://", "wss://")) and len(ws) < 2048:
             self._dial(ws, sender, now)
         elif self.url is not None:
-            pass  # It may dial us (it saw our URL in the offer); wait for that until timeout.
+            # It may dial us (it saw our URL in the offer); wait for that until timeout. A 0.0.2
+            # peer (unsigned) ignores an offer's URL, but dials the URL of any answer it gets.
+            if not verified:
+                answer = {"ws": self.url, "wrtc": False}
+                self._originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, True, now)
         else:
             self._fail_attempt(sender, "unreachable", now)
 
@@ -1002,6 +1013,7 @@ class Core:
             peer_id not in self._table
             and peer_id not in self._connecting
             and peer_id not in self._undialable
+            and peer_id not in self._answered
         )
 
     def _wanted(self, budget: int) -> list[bytes]:

@@ -263,6 +263,7 @@ class Core:
             if link.state == _DRAINING and now >= link.deadline:
                 del self._links[link.handle]
             elif link.state != _OPEN and now >= link.deadline:
+                self._drop("handshake-timeout", str(link.handle))
                 self._close(link, "handshake-timeout", now)
             elif link.strikes and now >= link.deadline:
                 link.strikes = 0

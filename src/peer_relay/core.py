@@ -89,10 +89,13 @@ class Config:
     """Seconds a signed message's timestamp may differ from our clock."""
     refresh_interval: float = 15.0
     tick_interval: float = 1.0
-    near_links: int = 8
+    near_links: int = 4
     """Links to the peers nearest our own id that eviction never touches."""
     link_grace: float = 20.0
     """Seconds a new link is safe from eviction."""
+    spare_links: int = 4
+    """Links our own population leaves free for peers that dial us (nearest neighbours excepted):
+    a full peer must evict to accept anyone, so headroom keeps joins cheap."""
     max_strikes: int = 8
     """Malformed frames tolerated from one link per ``strike_window`` before it is closed."""
     strike_window: float = 60.0
@@ -708,20 +711,27 @@ class Core:
         return ranked
 
     def _follow_hint(self, route: list[Any], path: list[str] | tuple[str, ...]) -> _Link | None:
-        """The linked hop that follows us on a route hint (or starts it), if any."""
-        own = self.hex
+        """The linked hop farthest along a route hint after us, if any (else: greedy).
+
+        Taking the farthest linked hop, the target itself when linked, short-cuts the hint.
+        """
         try:
-            position = route.index(own)
+            position = route.index(self.hex)
         except ValueError:
             position = -1
-        for hop in route[position + 1 :]:
+        table = self._table
+        for index in range(len(route) - 1, position, -1):
+            hop = route[index]
             if type(hop) is not str or len(hop) != 40:
                 return None
-            link = self._table.get(bytes.fromhex(hop)) if hop not in path else None
+            if hop in path:
+                continue
+            try:
+                link = table.get(bytes.fromhex(hop))
+            except ValueError:
+                return None
             if link is not None:
                 return link
-            if position >= 0:
-                return None  # The next hop on the hint is gone: fall back to greedy.
         return None
 
     # ------------------------------------------------------------------ messages for us
@@ -824,24 +834,39 @@ class Core:
         return True
 
     def _on_find_peers(self, sender: bytes, payload: Any, now: float) -> None:
+        """Answer with the ids we know nearest the asked one.
+
+        ``spread`` lists only its open links: each is alive and one hop from us, so the asker can
+        reach it through us (see :meth:`_populate`). ``original`` also lists candidates, as 0.0.2.
+        """
         target_hex = hex_from_wire(payload)
         if target_hex is None:
             self._drop("bad-data", "findPeers without an id")
             return
         if not self._take_token(now):
             return
-        target = bytes.fromhex(target_hex)
-        known = {link.peer_id for link in self._open}
-        known.update(self._candidates.closest(target, self.config.k))
-        known.discard(sender)
+        k = self.config.k
         t = int(target_hex, 16)
-        nearest = sorted(known, key=lambda i: int.from_bytes(i, "big") ^ t)[: self.config.k]
-        self._originate(sender.hex(), wire.FOUND_PEERS, [i.hex() for i in nearest], True, now)
+        if self.config.strategy == "spread":
+            links = heapq.nsmallest(k + 1, self._open, key=lambda link: link.peer_int ^ t)
+            nearest = [link.peer_hex for link in links if link.peer_id != sender][:k]
+        else:
+            known = {link.peer_id for link in self._open}
+            known.update(self._candidates.closest(bytes.fromhex(target_hex), k))
+            known.discard(sender)
+            ids = sorted(known, key=lambda i: int.from_bytes(i, "big") ^ t)[:k]
+            nearest = [i.hex() for i in ids]
+        self._originate(sender.hex(), wire.FOUND_PEERS, nearest, True, now)
 
     def _on_found_peers(self, payload: Any, now: float) -> None:
         if type(payload) is not list:
             self._drop("bad-data", "foundPeers is not a list")
             return
+        introducer = self._found_peers_sender(now)
+        introducers = self._introducers
+        if introducers is None:
+            introducers = self._introducers = OrderedDict()
+        limit = self.config.max_routes
         for entry in payload[: self.config.k]:
             hex_id = hex_from_wire(entry)
             if hex_id is None:
@@ -849,7 +874,24 @@ class Core:
             peer_id = bytes.fromhex(hex_id)
             if peer_id != self.id and peer_id not in self._table:
                 self._candidates.add(peer_id, now, replace_oldest=True)
+                if introducer is not None and introducer != hex_id:
+                    introducers[peer_id] = introducer
+                    introducers.move_to_end(peer_id)
+                    if len(introducers) > limit:
+                        introducers.popitem(last=False)
         self._populate(now)
+
+    def _found_peers_sender(self, now: float) -> str | None:
+        """The sender (hex) of the foundPeers being handled, if known.
+
+        :meth:`_receive` has just stored its reverse path as the newest route; an entry that is
+        not brand new means the path did not start at the sender, and the sender stays unknown.
+        """
+        routes = self._routes
+        if not routes:
+            return None
+        sender = next(reversed(routes))
+        return sender if routes[sender][0] == now + self.config.route_ttl else None
 
     def _on_offer(self, sender: bytes, payload: Any, now: float) -> None:
         # An offer from a peer we think is linked is still answered: the asker has no link (its
@@ -977,8 +1019,16 @@ class Core:
         """Periodic discovery: ask near peers about our neighbourhood, fill empty buckets."""
         if not self._open:
             return
-        near = min(self._open, key=lambda link: link.peer_int ^ self._int)
-        self._originate(near.peer_hex, wire.FIND_PEERS, self.hex, True, now)
+        me = self._int
+        if self.config.strategy == "spread":
+            # Ask the nearest link, and one more of the near ones: two views of our neighbourhood.
+            count = self.config.near_count
+            near = heapq.nsmallest(count, self._open, key=lambda link: link.peer_int ^ me)
+            asked = {near[0], self._rng.choice(near)}
+        else:
+            asked = {min(self._open, key=lambda link: link.peer_int ^ me)}
+        for link in sorted(asked, key=lambda link: link.peer_int ^ me):
+            self._originate(link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
         if self.config.strategy == "spread":
             filled = {bucket_index(self._int, link.peer_int) for link in self._open}
             deepest = min(filled) if filled else 159
@@ -997,16 +1047,37 @@ class Core:
         value = ((self._int ^ flip) >> index << index) | low
         return value.to_bytes(ID_BYTES, "big")
 
+    # Who listed each candidate in a foundPeers (its hex id). An offer to the candidate travels
+    # through that peer as a route hint, so it arrives even where greedy routing cannot yet
+    # find the candidate (a newcomer, a neighbourhood still forming). Made on first use;
+    # at most ``max_routes`` entries.
+    _introducers: OrderedDict[bytes, str] | None = None
+
     def _populate(self, now: float) -> None:
-        """Start connection attempts toward the links the population policy wants."""
+        """Start connection attempts toward the links the population policy wants.
+
+        See :meth:`_wanted` for what it wants.
+        """
         cfg = self.config
-        free = min(
-            cfg.max_connecting - len(self._connecting),
-            cfg.max_links - len(self._open) - len(self._connecting),
-        )
-        if free <= 0 or self._closed:
+        if self._closed:
             return
-        for peer_id in self._wanted(free):
+        free = cfg.max_connecting - len(self._connecting)
+        room = cfg.max_links - len(self._open) - len(self._connecting)
+        if free <= 0:
+            return
+        wanted = self._wanted(free, room)
+        introducers = self._introducers
+        routes = self._routes
+        for peer_id in wanted:
+            via = None if introducers is None else introducers.get(peer_id)
+            if via is not None and bytes.fromhex(via) in self._table:
+                peer_hex = peer_id.hex()
+                known = routes.get(peer_hex)
+                if known is None or known[0] <= now or len(known[1]) > 2:
+                    routes[peer_hex] = (now + cfg.route_ttl, [via, peer_hex])
+                    routes.move_to_end(peer_hex)
+                    if len(routes) > cfg.max_routes:
+                        routes.popitem(last=False)
             self._start_attempt(peer_id, now, user=False)
 
     def _dialable(self, peer_id: bytes) -> bool:
@@ -1017,51 +1088,137 @@ class Core:
             and peer_id not in self._answered
         )
 
-    def _wanted(self, budget: int) -> list[bytes]:
+    def _nearest_candidates(self, n: int) -> list[bytes]:
+        """The ``n`` candidates nearest our own id, nearest first (walks the low buckets only)."""
+        out: list[bytes] = []
+        if n <= 0:
+            return out
+        cand = self._candidates
+        me = self._int
+        for index in cand.bucket_sizes():
+            ids = sorted(cand.bucket(index), key=lambda i: int.from_bytes(i, "big") ^ me)
+            out.extend(ids[: n - len(out)])
+            if len(out) >= n:
+                break
+        return out
+
+    def _wanted(self, free: int, room: int) -> list[bytes]:
+        """Up to ``free`` candidates to dial now, given ``room`` unused links.
+
+        ``original`` wants the 15 ids nearest its own while it has room. ``spread`` wants:
+
+        1. its ``near_count`` nearest neighbours, even with no room (a farther link gives way);
+        2. while it has room, one link in every bucket it knows peers in, farthest first;
+        3. while more than ``spare_links`` are unused, a second link in the far buckets whose
+           links cover one half of the bucket only: the other half gives one more bit per hop.
+        """
         cfg = self.config
         if cfg.strategy == "original":
-            nearest = self._candidates.closest(self.id, 15)
-            return [p for p in nearest if self._dialable(p)][:budget]
-        wanted: list[bytes] = []
-        near = self._candidates.closest(self.id, cfg.near_count)
-        wanted.extend(p for p in near if self._dialable(p))
-        linked = {bucket_index(self._int, link.peer_int) for link in self._open}
-        for attempt_id in self._connecting:
-            linked.add(self._candidates.bucket_of(attempt_id))
-        for index, _count in sorted(self._candidates.bucket_sizes().items(), reverse=True):
-            if index in linked:
+            nearest = self._nearest_candidates(15)
+            return [p for p in nearest if self._dialable(p)][: min(free, room)]
+        wanted = [p for p in self._nearest_candidates(cfg.near_count) if self._dialable(p)]
+        del wanted[free:]
+        fill = min(free, len(wanted) + room)
+        extra = min(free, len(wanted) + room - cfg.spare_links)
+        if fill <= len(wanted):
+            return wanted
+        me = self._int
+        halves: dict[int, int] = {}  # bucket -> mask of the halves covered: 1, 2 or 3
+        for peer_int in [link.peer_int for link in self._open] + [
+            int.from_bytes(p, "big") for p in (*self._connecting, *wanted)
+        ]:
+            index = (peer_int ^ me).bit_length() - 1
+            halves[index] = halves.get(index, 0) | 1 << _half_bit(peer_int, index)
+        cand = self._candidates
+        occupied = sorted(cand.bucket_sizes(), reverse=True)
+        rng = self._rng
+        for index in occupied:
+            if index in halves:
                 continue
-            choices = [p for p in self._candidates.bucket(index) if self._dialable(p)]
+            choices = [p for p in cand.bucket(index) if self._dialable(p)]
             if choices:
-                pick = self._rng.choice(choices)
-                if pick not in wanted:
-                    wanted.append(pick)
-        return wanted[:budget]
+                pick = rng.choice(choices)
+                wanted.append(pick)
+                halves[index] = 1 << _half_bit(int.from_bytes(pick, "big"), index)
+                if len(wanted) >= fill:
+                    return wanted
+        if len(wanted) >= extra:
+            return wanted
+        for index in occupied:
+            mask = halves.get(index, 3)
+            if mask == 3 or index == 0:
+                continue
+            missing = 0 if mask == 2 else 1
+            choices = [
+                p
+                for p in cand.bucket(index)
+                if _half_bit(int.from_bytes(p, "big"), index) == missing and self._dialable(p)
+            ]
+            if choices:
+                wanted.append(rng.choice(choices))
+                halves[index] = 3
+                if len(wanted) >= extra:
+                    break
+        return wanted
 
     def _eviction_victim(self, newcomer: bytes, now: float) -> _Link | None:
-        """The least useful open link that may be closed to make room, if any.
+        """The open link to close so that ``newcomer`` fits, or None to refuse the newcomer.
 
-        Only links that share their bucket with another link are candidates, and never the links
-        to our nearest neighbours: both keep routes short and correct. Among candidates, the most
-        crowded bucket goes first, then links past their grace period, then the newest.
+        The links to our ``near_count`` nearest neighbours (the newcomer among them, if near) are
+        never closed. Of the others, the most crowded goes first (its bucket holds the most
+        links, then its half of the bucket does), then one past its grace period, then the
+        oldest: young links are a newcomer's lifeline.
+
+        Closing a link of our neighbourhood (the buckets up to one past the farthest near link)
+        or one alone in its bucket harms a route, and as buckets are symmetric, the peer at the
+        other end often wants it back. Such a link goes only for a peer that cannot look
+        elsewhere: a nearest neighbour, one the application asked for, or one that dialled us
+        without an offer (a newcomer's bootstrap link). A peer that offered first is refused
+        instead and tries another candidate.
         """
         cfg = self.config
         if cfg.strategy == "original":
             return None
-        near = set(self._table.closest(self.id, cfg.near_count))
-        near.add(newcomer)
-        by_bucket: dict[int, list[_Link]] = {}
-        for link in self._open:
-            by_bucket.setdefault(bucket_index(self._int, link.peer_int), []).append(link)
+        me = self._int
+        ranked = sorted(self._open, key=lambda link: link.peer_int ^ me)
+        protect = min(cfg.near_count, len(ranked))
+        new_int = int.from_bytes(newcomer, "big")
+        new_near = protect > 0 and new_int ^ me < ranked[protect - 1].peer_int ^ me
+        if new_near:
+            protect -= 1
+        region = (ranked[protect - 1].peer_int ^ me).bit_length() + _NEAR_MARGIN if protect else -1
+        counts: dict[int, int] = {}
+        for link in ranked:
+            index = (link.peer_int ^ me).bit_length() - 1
+            half = 2 * index + _half_bit(link.peer_int, index)
+            counts[index] = counts.get(index, 0) + 1
+            counts[~half] = counts.get(~half, 0) + 1
         best: _Link | None = None
-        best_key: tuple[int, bool, float] | None = None
-        for links in by_bucket.values():
-            if len(links) < 2:
-                continue
-            for link in links:
-                if link.peer_id in near:
-                    continue
-                key = (len(links), now - link.opened_at >= cfg.link_grace, link.opened_at)
-                if best_key is None or key > best_key:
-                    best, best_key = link, key
-        return best
+        best_key: tuple[bool, int, int, bool, float] | None = None
+        for link in ranked[protect:]:
+            index = (link.peer_int ^ me).bit_length() - 1
+            half = 2 * index + _half_bit(link.peer_int, index)
+            key = (
+                index >= region and counts[index] >= 2,
+                counts[index],
+                counts[~half],
+                now - link.opened_at >= cfg.link_grace,
+                -link.opened_at,
+            )
+            if best_key is None or key > best_key:
+                best, best_key = link, key
+        if best_key is None or best_key[0] or new_near:
+            return best
+        attempt = self._connecting.get(newcomer)
+        if attempt is not None:
+            return best if attempt.user else None
+        return None if newcomer in self._answered else best
+
+
+_NEAR_MARGIN = 1
+"""Buckets past the farthest near link still counted as our neighbourhood by eviction."""
+
+
+def _half_bit(peer_int: int, index: int) -> int:
+    """Which half of bucket ``index`` an id falls in: the bit after the one that differs."""
+    return (peer_int >> (index - 1)) & 1 if index > 0 else 0

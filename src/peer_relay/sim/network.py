@@ -4,6 +4,11 @@ Each simulated peer runs the very same :class:`peer_relay.core.Core` as a live n
 only plays the part of the asyncio adapter: it carries frames between cores with a latency drawn
 from a distribution, optionally loses them, opens WebSocket-like links on dial, and fires timers.
 Given the same seed and the same calls, a run is identical.
+
+Failures it models: a clean leave (the core closes every link, the remotes see the close one
+latency later), a crash (no goodbye: the links go silent and each remote notices only after a
+keepalive timeout, as a websockets ping would), partitions (frames and dials across groups are
+lost; links that cross stay silent until their keepalive timeout closes them) and frame loss.
 """
 
 from __future__ import annotations
@@ -30,6 +35,12 @@ from ..identity import Identity
 EPOCH = 1_700_000_000.0
 """Virtual time starts here, so that signed timestamps look like real ones."""
 
+USER_MARK = b'"type":"user"'
+"""Bytes every frame of a ``user`` message holds (canonical JSON has no spaces)."""
+
+Draw = Callable[[random.Random], float]
+"""A distribution: draws one value from the network's random source."""
+
 
 class FastSigner:
     """A stand-in for Ed25519 in large simulations: a keyed hash of the same sizes.
@@ -52,9 +63,7 @@ def fast_verify(public_key: bytes, signature: bytes, message: bytes) -> bool:
     return signature == hashlib.blake2b(public_key + message, digest_size=64).digest()
 
 
-def lognormal_latency(
-    median: float = 0.020, sigma: float = 0.5
-) -> Callable[[random.Random], float]:
+def lognormal_latency(median: float = 0.020, sigma: float = 0.5) -> Draw:
     """One-way link latency: log-normal around ``median`` seconds (a long tail, never zero)."""
 
     def draw(rng: random.Random) -> float:
@@ -63,7 +72,19 @@ def lognormal_latency(
     return draw
 
 
-@dataclass(eq=False)
+def uniform_delay(low: float, high: float) -> Draw:
+    """A delay drawn uniformly from ``[low, high)`` seconds."""
+
+    def draw(rng: random.Random) -> float:
+        return low + (high - low) * rng.random()
+
+    return draw
+
+
+_Pair = tuple["SimNode", int]
+
+
+@dataclass(eq=False, slots=True)
 class SimNode:
     """One simulated peer: its core, its URL (None if it cannot be dialled), what it received."""
 
@@ -73,6 +94,12 @@ class SimNode:
     alive: bool = True
     inbox: list[Delivered] = field(default_factory=list)
     timer_at: float | None = None
+    joined_at: float = 0.0
+    left_at: float | None = None
+    links: dict[int, _Pair] = field(default_factory=dict)
+    """Carried links: our handle -> (remote node, its handle)."""
+    clock: dict[int, float] = field(default_factory=dict)
+    """Arrival time of the last frame sent on each link (links are ordered streams)."""
 
     @property
     def id(self) -> bytes:
@@ -86,27 +113,36 @@ class SimNetwork:
         self,
         *,
         seed: int = 0,
-        latency: Callable[[random.Random], float] | None = None,
+        latency: Draw | None = None,
         loss: float = 0.0,
         real_crypto: bool = False,
         keep_inbox: bool = True,
+        keepalive: Draw | None = None,
     ) -> None:
         self.rng = random.Random(seed)
+        self.id_rng = random.Random(f"{seed}/ids")
         self.now = EPOCH
         self.latency = latency or lognormal_latency()
         self.loss = loss
         self.real_crypto = real_crypto
         self.keep_inbox = keep_inbox
+        self.keepalive = keepalive or uniform_delay(20.0, 40.0)
+        """How long a peer takes to notice that a silent link is dead (ping interval + timeout)."""
         self.nodes: list[SimNode] = []
         self.by_url: dict[str, SimNode] = {}
         self.by_id: dict[bytes, SimNode] = {}
         self._queue: list[tuple[float, int, Callable[..., None], tuple[Any, ...]]] = []
         self._seq = 0
-        self._pairs: dict[tuple[int, int], tuple[SimNode, int]] = {}
-        self._link_clock: dict[tuple[int, int], float] = {}
         self.partition_of: dict[int, int] = {}
+        self._partition_epoch = 0
         self.frames_sent = 0
         self.frames_lost = 0
+        """Frames lost to ``loss`` or to a partition."""
+        self.frames_dead = 0
+        """Frames that reached a crashed peer."""
+        self.count_user = False
+        """While set, frames of ``user`` messages are counted in :attr:`user_frames`."""
+        self.user_frames = 0
         self.on_deliver: Callable[[SimNode, Delivered], None] | None = None
         self.on_event: Callable[[SimNode, object], None] | None = None
 
@@ -121,7 +157,7 @@ class SimNetwork:
     ) -> SimNode:
         """Create a peer now; it dials the URLs of ``bootstrap`` peers as a live peer would."""
         index = len(self.nodes)
-        seed = self.rng.randbytes(32)
+        seed = self.id_rng.randbytes(32)
         if self.real_crypto:
             identity = Identity(seed)
             core = Core(identity, config, rng=random.Random(seed), now=self.now)
@@ -130,7 +166,7 @@ class SimNetwork:
             core = Core(identity, config, rng=random.Random(seed), now=self.now, verify=fast_verify)
         url = f"ws://sim-{index}" if listen else None
         core.set_url(url)
-        node = SimNode(index, core, url)
+        node = SimNode(index, core, url, joined_at=self.now)
         self.nodes.append(node)
         self.by_id[node.id] = node
         if url is not None:
@@ -140,17 +176,21 @@ class SimNetwork:
         self._pump(node)
         return node
 
+    def alive(self) -> list[SimNode]:
+        """The peers that have neither left nor crashed, in creation order."""
+        return [node for node in self.nodes if node.alive]
+
     def crash(self, node: SimNode) -> None:
         """The peer vanishes without a goodbye: its links go silent, then its remotes see close."""
         if not node.alive:
             return
         node.alive = False
-        for (index, handle), (peer, peer_handle) in list(self._pairs.items()):
-            if index == node.index:
-                del self._pairs[(index, handle)]
-                self._pairs.pop((peer.index, peer_handle), None)
-                # A dead TCP peer is noticed after a keepalive timeout.
-                self.at(20.0 + self.rng.random() * 10, self._remote_closed, peer, peer_handle)
+        node.left_at = self.now
+        for peer, peer_handle in node.links.values():
+            # Frames the remote sends meanwhile are carried to the dead peer and lost there.
+            self.at(self.keepalive(self.rng), self._silent_close, peer, peer_handle, node)
+        node.links.clear()
+        node.clock.clear()
         if node.url is not None:
             self.by_url.pop(node.url, None)
 
@@ -161,20 +201,41 @@ class SimNetwork:
         node.core.close(self.now)
         self._pump(node)
         node.alive = False
+        node.left_at = self.now
         if node.url is not None:
             self.by_url.pop(node.url, None)
 
     def partition(self, groups: list[list[SimNode]]) -> None:
-        """Split the network: frames and dials between different groups are lost."""
+        """Split the network: frames and dials between different groups are lost.
+
+        Peers in no group form one more group. Links that cross groups stay open but silent
+        until their keepalive timeout closes them, unless :meth:`heal` comes first.
+        """
         self.partition_of = {n.index: g for g, group in enumerate(groups) for n in group}
+        self._partition_epoch += 1
+        epoch = self._partition_epoch
+        for node in self.nodes:
+            if not node.alive:
+                continue
+            for handle, (peer, _peer_handle) in node.links.items():
+                if self._cut(node, peer):
+                    delay = self.keepalive(self.rng)
+                    self.at(delay, self._partition_timeout, node, handle, peer, epoch)
 
     def heal(self) -> None:
         """Undo :meth:`partition`."""
         self.partition_of = {}
+        self._partition_epoch += 1
 
     def _cut(self, a: SimNode, b: SimNode) -> bool:
         part = self.partition_of
         return bool(part) and part.get(a.index, -1) != part.get(b.index, -1)
+
+    def _partition_timeout(self, node: SimNode, handle: int, peer: SimNode, epoch: int) -> None:
+        if epoch != self._partition_epoch or not node.alive:
+            return
+        if node.links.get(handle, (None, 0))[0] is peer:
+            self._remote_closed(node, handle, "keepalive timeout")
 
     # ---------------------------------------------------------------- the clock
 
@@ -187,8 +248,9 @@ class SimNetwork:
         """Advance the virtual clock by ``seconds``, running everything due on the way."""
         until = self.now + seconds
         queue = self._queue
+        pop = heapq.heappop
         while queue and queue[0][0] <= until:
-            when, _seq, fn, args = heapq.heappop(queue)
+            when, _seq, fn, args = pop(queue)
             self.now = when
             fn(*args)
         self.now = until
@@ -214,32 +276,36 @@ class SimNetwork:
             return
         core = node.core
         for event in core.events():
-            kind = type(event)
-            if kind is SendFrame:
-                assert isinstance(event, SendFrame)
+            if isinstance(event, SendFrame):
                 self._carry(node, event.handle, event.frame)
-            elif kind is Delivered:
-                assert isinstance(event, Delivered)
+            elif isinstance(event, Delivered):
                 if self.keep_inbox:
                     node.inbox.append(event)
                 if self.on_deliver is not None:
                     self.on_deliver(node, event)
-            elif kind is DialWebSocket:
-                assert isinstance(event, DialWebSocket)
+            elif isinstance(event, DialWebSocket):
                 self.at(self.latency(self.rng), self._connect, node, event.handle, event.url)
-            elif kind is CloseLink:
-                assert isinstance(event, CloseLink)
-                pair = self._pairs.pop((node.index, event.handle), None)
+            elif isinstance(event, CloseLink):
+                pair = node.links.pop(event.handle, None)
+                node.clock.pop(event.handle, None)
                 if pair is not None:
                     peer, peer_handle = pair
-                    self._pairs.pop((peer.index, peer_handle), None)
-                    self.at(self.latency(self.rng), self._remote_closed, peer, peer_handle)
-            elif self.on_event is not None and kind in (PeerLinked, PeerUnlinked, ConnectResult):
+                    if peer.links.get(peer_handle, (None, 0))[0] is node:
+                        self.at(self.latency(self.rng), self._remote_closed, peer, peer_handle)
+                # The closing side learns the connection is gone once the close handshake
+                # has crossed the link both ways; until then frames in flight still arrive.
+                delay = 2 * self.latency(self.rng)
+                self.at(delay, self._remote_closed, node, event.handle, "closed")
+            elif self.on_event is not None and isinstance(
+                event, PeerLinked | PeerUnlinked | ConnectResult
+            ):
                 self.on_event(node, event)
         timer = core.get_timer()
         if timer is not None and (node.timer_at is None or timer < node.timer_at):
             node.timer_at = timer
-            self.at(max(0.0, timer - self.now), self._fire, node, timer)
+            self._seq += 1
+            entry = (max(timer, self.now), self._seq, self._fire, (node, timer))
+            heapq.heappush(self._queue, entry)
 
     def _fire(self, node: SimNode, when: float) -> None:
         if node.timer_at != when or not node.alive:
@@ -249,18 +315,24 @@ class SimNetwork:
         self._pump(node)
 
     def _carry(self, node: SimNode, handle: int, frame: bytes) -> None:
-        pair = self._pairs.get((node.index, handle))
+        pair = node.links.get(handle)
         if pair is None:
             return
         peer, peer_handle = pair
         self.frames_sent += 1
-        if self._cut(node, peer) or (self.loss and self.rng.random() < self.loss):
+        if self.count_user and USER_MARK in frame:
+            self.user_frames += 1
+        if (self.partition_of and self._cut(node, peer)) or (
+            self.loss and self.rng.random() < self.loss
+        ):
             self.frames_lost += 1
             return
         # Links are ordered streams: a frame never overtakes the one before it.
-        key = (node.index, handle)
-        arrive = max(self.now + self.latency(self.rng), self._link_clock.get(key, 0.0) + 1e-6)
-        self._link_clock[key] = arrive
+        arrive = self.now + self.latency(self.rng)
+        last = node.clock.get(handle, 0.0)
+        if arrive <= last:
+            arrive = last + 1e-6
+        node.clock[handle] = arrive
         self._seq += 1
         heapq.heappush(self._queue, (arrive, self._seq, self._arrive, (peer, peer_handle, frame)))
 
@@ -268,6 +340,8 @@ class SimNetwork:
         if peer.alive:
             peer.core.frame_received(handle, frame, self.now)
             self._pump(peer)
+        else:
+            self.frames_dead += 1
 
     def _connect(self, node: SimNode, handle: int, url: str) -> None:
         if not node.alive:
@@ -278,14 +352,19 @@ class SimNetwork:
             self._pump(node)
             return
         peer_handle = target.core.link_accepted(self.now)
-        self._pairs[(node.index, handle)] = (target, peer_handle)
-        self._pairs[(target.index, peer_handle)] = (node, handle)
+        node.links[handle] = (target, peer_handle)
+        target.links[peer_handle] = (node, handle)
         node.core.link_connected(handle, self.now)
         self._pump(target)
         self._pump(node)
 
-    def _remote_closed(self, node: SimNode, handle: int) -> None:
-        self._link_clock.pop((node.index, handle), None)
+    def _silent_close(self, node: SimNode, handle: int, dead: SimNode) -> None:
+        if node.links.get(handle, (None, 0))[0] is dead:
+            self._remote_closed(node, handle, "keepalive timeout")
+
+    def _remote_closed(self, node: SimNode, handle: int, reason: str = "remote closed") -> None:
+        node.clock.pop(handle, None)
+        node.links.pop(handle, None)
         if node.alive:
-            node.core.link_closed(handle, self.now, "remote closed")
+            node.core.link_closed(handle, self.now, reason)
             self._pump(node)

@@ -1,0 +1,465 @@
+"""One simulated experiment, start to finish: build a network, let it settle, send, measure.
+
+:func:`run_simulation` takes :class:`SimParams` and returns a :class:`SimReport`. A run has four
+phases on the virtual clock:
+
+1. **join**: peers arrive one by one (a Poisson process of rate ``join_rate``); each bootstraps to
+   one random peer already there, exactly as a live peer dials a bootstrap URL;
+2. **settle**: nothing happens but the peers' own maintenance, until link changes die down;
+3. **messages**: ``messages`` user messages between random peers (a Poisson process of rate
+   ``message_rate``), while ``churn`` of the peers are replaced (some crash, the rest leave);
+4. **drain**: a few seconds for the last messages to land.
+
+Given the same parameters, the same run happens: identities, workload and network draw from
+separate random streams derived from ``seed``, so two strategies with one seed see the same peers
+join in the same order and the same messages sent between the same pairs (when nothing churns).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import resource
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import orjson
+
+from ..core import Config
+from ..events import Delivered
+from .network import SimNetwork, SimNode, lognormal_latency, uniform_delay
+
+Progress = Callable[[str, float, float, float], None]
+"""``progress(phase, done, total, virtual_seconds)``, called now and then during a run."""
+
+STRATEGIES = ("spread", "original")
+"""Named population and forwarding policies (``--strategy``)."""
+
+ORIGINAL_MAX_LINKS = 1000
+"""0.0.2 keeps every link it is offered; ``original`` stands for that with this bound."""
+
+
+def strategy_config(name: str, links: int | None = None, **overrides: Any) -> Config:
+    """The :class:`Config` a strategy runs with.
+
+    ``spread`` is our policy with its defaults; ``original`` is 0.0.2's: dial the 15 ids nearest
+    our own, forward every message to the 2 closest links, keep every link.
+    """
+    if name == "spread":
+        base: dict[str, Any] = {"strategy": "spread"}
+        if links is not None:
+            base["max_links"] = links
+    elif name == "original":
+        base = {
+            "strategy": "original",
+            "redundancy": 2,
+            "max_links": links or ORIGINAL_MAX_LINKS,
+        }
+    else:
+        raise ValueError(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}")
+    base.update(overrides)
+    return Config(**base)
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """Everything that defines a run. The same parameters give the same run."""
+
+    nodes: int = 1000
+    messages: int = 1000
+    strategy: str = "spread"
+    seed: int = 1
+    links: int | None = None
+    """Most links per peer (``Config.max_links``); None: the strategy's default."""
+    churn: float = 0.0
+    """Share of the peers replaced during the message phase (0.1: one in ten leaves, and as
+    many new peers join)."""
+    crash_share: float = 0.5
+    """Share of the leaving peers that crash without a goodbye (the rest close their links)."""
+    loss: float = 0.0
+    """Probability that a frame is lost on its link."""
+    join_growth: float = 0.05
+    """Peers arriving per virtual second during the join phase, per peer already there: the
+    network grows by this share a second (doubles every ``ln 2 / join_growth`` seconds), so
+    that every peer sees the same pace of newcomers whatever the size."""
+    join_rate: float = 1.0
+    """Least arrivals per second (while the network is small)."""
+    join_max_rate: float = 200.0
+    """Most arrivals per second."""
+    message_rate: float = 100.0
+    """User messages sent per virtual second."""
+    latency_median: float = 0.020
+    latency_sigma: float = 0.5
+    keepalive: tuple[float, float] = (20.0, 40.0)
+    """Range of seconds after which a silent (crashed) link is noticed and closed."""
+    settle_window: float = 5.0
+    settle_quiet: float = 0.002
+    """Settled once fewer than this share of the peers opened a link in one window."""
+    settle_min: float = 0.0
+    settle_max: float = 300.0
+    drain: float = 15.0
+    target_min_age: float = 10.0
+    """Messages go between peers that joined at least this many seconds before."""
+    real_crypto: bool = False
+    """Sign and verify with Ed25519 (slow) instead of a keyed hash."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """Extra :class:`Config` settings, on top of the strategy's."""
+    timeline: bool = True
+    """Keep per-second delivery and the hop histogram (for plots)."""
+
+
+@dataclass
+class SimReport:
+    """What a run measured. :meth:`as_dict` gives the JSON form."""
+
+    params: dict[str, Any]
+    nodes_final: int
+    sent: int
+    delivered: int
+    undeliverable: int
+    """Messages whose target left before they could arrive (not counted as sent)."""
+    delivery_ratio: float
+    hops_mean: float
+    hops_p50: int
+    hops_p90: int
+    hops_p99: int
+    hops_max: int
+    latency_mean: float
+    latency_p99: float
+    user_frames: int
+    frames_per_delivered: float
+    duplicates: int
+    """Copies of user messages dropped as duplicates (by relays and destinations)."""
+    links_mean: float
+    links_min: int
+    links_max: int
+    links_p50: int
+    settle_time: float
+    settled: bool
+    virtual_time: float
+    control_frames: int
+    """Frames that were not user messages, over the whole run (discovery, handshakes)."""
+    drops: dict[str, int]
+    """Frames dropped by the cores during the message phase, by reason."""
+    frames_lost: int
+    frames_dead: int
+    joined: int
+    departed: int
+    max_rss_mib: float
+    wall_time: float
+    wall_phases: dict[str, float]
+    hop_histogram: dict[int, int]
+    timeline: list[tuple[float, int, int]]
+    """Per virtual second of the message phase: (seconds since its start, sent, delivered)."""
+    bounds: dict[str, tuple[int, int]]
+    """Largest size seen of each bounded structure in a core, and its limit."""
+    digest: str
+    """Hash of the run's outcome (not of timings): equal for equal runs."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready snapshot."""
+        out = asdict(self)
+        out["hop_histogram"] = {str(k): v for k, v in self.hop_histogram.items()}
+        return out
+
+
+class _Message:
+    __slots__ = ("copies", "hops", "latency", "sent_at", "target")
+
+    def __init__(self, sent_at: float, target: SimNode) -> None:
+        self.sent_at = sent_at
+        self.target = target
+        self.hops = -1
+        self.latency = 0.0
+        self.copies = 0
+
+
+class _Alive:
+    """The live peers, with O(1) random choice and removal."""
+
+    def __init__(self) -> None:
+        self.items: list[SimNode] = []
+        self.where: dict[int, int] = {}
+
+    def add(self, node: SimNode) -> None:
+        self.where[node.index] = len(self.items)
+        self.items.append(node)
+
+    def remove(self, node: SimNode) -> None:
+        i = self.where.pop(node.index)
+        last = self.items.pop()
+        if last is not node:
+            self.items[i] = last
+            self.where[last.index] = i
+
+    def choice(self, rng: random.Random) -> SimNode:
+        return self.items[rng.randrange(len(self.items))]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def percentile(sorted_values: list[int], p: float) -> int:
+    """Nearest-rank percentile of an ascending list (0 when empty)."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(p / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def max_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bound_sizes(node: SimNode) -> dict[str, tuple[int, int]]:
+    """Sizes of a core's bounded structures next to their limits."""
+    core = node.core
+    cfg = core.config
+    return {
+        "links": (len(core.peers), cfg.max_links),
+        "pending_links": (core._pending_links(), cfg.max_pending_links + 1),
+        "connecting": (len(core._connecting), max(cfg.max_connecting, 1) + cfg.max_links),
+        "seen": (len(core._seen), cfg.max_seen),
+        "delivered": (len(core._delivered), cfg.max_seen),
+        "routes": (len(core._routes), cfg.max_routes),
+        "queue": (len(core._queue), cfg.max_queue),
+        "candidates": (len(core._candidates), 160 * cfg.k),
+        "undialable": (len(core._undialable), cfg.max_undialable),
+        "answered": (len(core._answered), 4 * cfg.max_connecting),
+    }
+
+
+def run_simulation(params: SimParams, progress: Progress | None = None) -> SimReport:
+    """Run the experiment ``params`` describes and measure it. See the module docstring."""
+    p = params
+    if p.nodes < 2:
+        raise ValueError("a simulation needs at least 2 nodes")
+    wall0 = time.perf_counter()
+    config = strategy_config(p.strategy, p.links, **p.config)
+    net = SimNetwork(
+        seed=p.seed,
+        latency=lognormal_latency(p.latency_median, p.latency_sigma),
+        loss=p.loss,
+        real_crypto=p.real_crypto,
+        keep_inbox=False,
+        keepalive=uniform_delay(*p.keepalive),
+    )
+    load = random.Random(f"{p.seed}/workload")
+    alive = _Alive()
+    messages: list[_Message] = []
+    hist: Counter[int] = Counter()
+
+    def on_deliver(node: SimNode, event: Delivered) -> None:
+        data = event.data
+        if type(data) is not dict:
+            return
+        number = data.get("m")
+        if type(number) is not int or not 0 <= number < len(messages):
+            return
+        msg = messages[number]
+        if msg.target is not node:
+            return
+        msg.copies += 1
+        if msg.hops < 0:
+            msg.hops = event.hops
+            msg.latency = net.now - msg.sent_at
+
+    net.on_deliver = on_deliver
+    last_report = [0.0]
+
+    def report(phase: str, done: float, total: float) -> None:
+        if progress is None:
+            return
+        t = time.perf_counter()
+        if t - last_report[0] >= 0.2 or done >= total:
+            last_report[0] = t
+            progress(phase, done, total, net.now - start)
+
+    def join(bootstrap: SimNode | None) -> SimNode:
+        node = net.add_node(config, bootstrap=[bootstrap] if bootstrap else None)
+        alive.add(node)
+        return node
+
+    start = net.now
+    # -- 1. join
+    join(None)
+    for i in range(1, p.nodes):
+        rate = min(p.join_max_rate, max(p.join_rate, p.join_growth * len(alive)))
+        net.run(load.expovariate(rate))
+        join(alive.choice(load))
+        if i % 64 == 0:
+            report("join", i + 1, p.nodes)
+    report("join", p.nodes, p.nodes)
+    wall_join = time.perf_counter()
+
+    # -- 2. settle
+    joined_at = net.now
+    opened = sum(n.core.stats.links_opened for n in alive.items)
+    quiet = max(1.0, p.settle_quiet * len(alive))
+    settled = False
+    while net.now - joined_at < p.settle_max:
+        net.run(p.settle_window)
+        now_opened = sum(n.core.stats.links_opened for n in alive.items)
+        report("settle", net.now - joined_at, p.settle_max)
+        # Each link opens at both ends: count links, not ends.
+        if (now_opened - opened) / 2 < quiet and net.now - joined_at >= p.settle_min:
+            settled = True
+            break
+        opened = now_opened
+    settle_time = net.now - joined_at
+    wall_settle = time.perf_counter()
+
+    # -- 3. messages, with churn
+    drops_before: Counter[str] = Counter()
+    for n in net.nodes:
+        drops_before.update(n.core.stats.dropped)
+    duration = p.messages / p.message_rate
+    schedule: list[tuple[float, int]] = []
+    t = 0.0
+    for _ in range(p.messages):
+        t += load.expovariate(p.message_rate)
+        schedule.append((t, 0))
+    replaced = round(p.churn * p.nodes)
+    for _ in range(replaced):
+        schedule.append((load.random() * duration, 1))
+    schedule.sort()
+    phase_start = net.now
+    net.count_user = True
+    departed = 0
+    sent_bins: Counter[int] = Counter()
+    for k, (at, kind) in enumerate(schedule):
+        net.run(max(0.0, phase_start + at - net.now))
+        if kind == 1:
+            victim = alive.choice(load)
+            alive.remove(victim)
+            if load.random() < p.crash_share:
+                net.crash(victim)
+            else:
+                net.leave(victim)
+            departed += 1
+            join(alive.choice(load))
+        else:
+            source = alive.choice(load)
+            target = alive.choice(load)
+            tries = 0
+            while (
+                target is source
+                or net.now - target.joined_at < p.target_min_age
+                or net.now - source.joined_at < p.target_min_age
+            ) and tries < 100:
+                source, target = alive.choice(load), alive.choice(load)
+                tries += 1
+            if target is source:
+                continue
+            messages.append(_Message(net.now, target))
+            sent_bins[int(net.now - phase_start)] += 1
+            net.send(source, target.id, {"m": len(messages) - 1})
+        if k % 64 == 0:
+            report("messages", k, len(schedule))
+    report("messages", len(schedule), len(schedule))
+    net.run(p.drain)
+    net.count_user = False
+    wall_messages = time.perf_counter()
+
+    # -- measure
+    counted = [
+        m
+        for m in messages
+        if m.hops >= 0 or m.target.left_at is None or m.target.left_at > m.sent_at + p.drain
+    ]
+    undeliverable = len(messages) - len(counted)
+    hops = sorted(m.hops for m in counted if m.hops >= 0)
+    latencies = sorted(m.latency for m in counted if m.hops >= 0)
+    delivered = len(hops)
+    if p.timeline:
+        hist.update(hops)
+    delivered_bins: Counter[int] = Counter(
+        int(m.sent_at - phase_start) for m in counted if m.hops >= 0
+    )
+    timeline = (
+        [(float(s), sent_bins[s], delivered_bins[s]) for s in sorted(sent_bins)]
+        if p.timeline
+        else []
+    )
+    link_counts = sorted(len(n.core.peers) for n in alive.items)
+    drops: Counter[str] = Counter()
+    for n in net.nodes:
+        drops.update(n.core.stats.dropped)
+    drops.subtract(drops_before)
+    drops = +drops
+    bounds: dict[str, tuple[int, int]] = {}
+    for n in net.nodes:
+        for name, (size, limit) in bound_sizes(n).items():
+            old = bounds.get(name)
+            if old is None or size > old[0]:
+                bounds[name] = (size, limit)
+    user_frames = net.user_frames
+    report_ = SimReport(
+        params=asdict(p),
+        nodes_final=len(alive),
+        sent=len(counted),
+        delivered=delivered,
+        undeliverable=undeliverable,
+        delivery_ratio=delivered / len(counted) if counted else 0.0,
+        hops_mean=sum(hops) / delivered if delivered else 0.0,
+        hops_p50=percentile(hops, 50),
+        hops_p90=percentile(hops, 90),
+        hops_p99=percentile(hops, 99),
+        hops_max=hops[-1] if hops else 0,
+        latency_mean=sum(latencies) / delivered if delivered else 0.0,
+        latency_p99=latencies[max(0, math.ceil(0.99 * delivered) - 1)] if delivered else 0.0,
+        user_frames=user_frames,
+        frames_per_delivered=user_frames / delivered if delivered else 0.0,
+        duplicates=drops.get("duplicate", 0),
+        links_mean=sum(link_counts) / len(link_counts) if link_counts else 0.0,
+        links_min=link_counts[0] if link_counts else 0,
+        links_max=link_counts[-1] if link_counts else 0,
+        links_p50=percentile(link_counts, 50),
+        settle_time=settle_time,
+        settled=settled,
+        virtual_time=net.now - start,
+        control_frames=net.frames_sent - user_frames,
+        drops=dict(sorted(drops.items())),
+        frames_lost=net.frames_lost,
+        frames_dead=net.frames_dead,
+        joined=len(net.nodes),
+        departed=departed,
+        max_rss_mib=0.0,
+        wall_time=0.0,
+        wall_phases={
+            "join": wall_join - wall0,
+            "settle": wall_settle - wall_join,
+            "messages": wall_messages - wall_settle,
+        },
+        hop_histogram=dict(sorted(hist.items())),
+        timeline=timeline,
+        bounds=bounds,
+        digest="",
+    )
+    report_.digest = _digest(report_, net)
+    report_.max_rss_mib = max_rss_mib()
+    report_.wall_time = time.perf_counter() - wall0
+    return report_
+
+
+def _digest(report: SimReport, net: SimNetwork) -> str:
+    """A hash of everything a run decided: metrics, and each peer's counters and links."""
+    h = hashlib.sha256()
+    skip = {"max_rss_mib", "wall_time", "wall_phases", "digest", "params"}
+    h.update(orjson.dumps({k: v for k, v in report.as_dict().items() if k not in skip}))
+    for node in net.nodes:
+        core = node.core
+        h.update(node.id)
+        h.update(orjson.dumps(core.stats.as_dict(), option=orjson.OPT_SORT_KEYS))
+        h.update(b"".join(sorted(core.peers)))
+    return h.hexdigest()
+
+
+def with_strategy(params: SimParams, strategy: str) -> SimParams:
+    """``params`` for another strategy."""
+    return replace(params, strategy=strategy)

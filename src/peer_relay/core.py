@@ -163,7 +163,7 @@ class _Link:
         "peer_int",
         "remote_key",
         "remote_nonce",
-        "rtc_offered",
+        "rtc_described",
         "state",
         "strikes",
         "transport",
@@ -185,7 +185,7 @@ class _Link:
         self.authenticated = False
         self.opened_at = 0.0
         self.strikes = 0
-        self.rtc_offered = False  # a WebRTC answerer link that was handed the remote's offer
+        self.rtc_described = False  # a WebRTC link that was handed the remote's description
 
 
 @dataclass(slots=True)
@@ -391,9 +391,9 @@ class Core:
         if link is None or link.state != _DIALING:
             return
         if link.transport == "webrtc":
-            # Its id and key were proven by the signed signalling that carried its fingerprint.
+            # Its id is proven if the description that carried its DTLS fingerprint was signed.
             assert link.expected is not None
-            self._establish(link, link.expected, True, now)
+            self._establish(link, link.expected, link.authenticated, now)
         else:
             link.deadline = now + self.config.link_timeout
             self._start_hello(link)
@@ -819,7 +819,7 @@ class Core:
         elif kind == wire.HANDSHAKE_ANSWER:
             self._on_answer(sender, payload, verified, now)
         elif kind == wire.SIGNAL:
-            self._on_signal(sender, payload, now)
+            self._on_signal(sender, payload, verified, now)
         else:
             self._drop("unknown-type", kind[:32])
 
@@ -954,15 +954,21 @@ class Core:
         self._events.append(StartWebRTC(handle, peer_id, initiator))
         return handle
 
-    def _on_signal(self, sender: bytes, payload: Any, now: float) -> None:
+    def _on_signal(self, sender: bytes, payload: Any, verified: bool, now: float) -> None:
         if not self.config.webrtc:
             self._drop("unexpected-signal", "webrtc is off")
             return
         handle = self._rtc_by_peer.get(sender)
-        is_offer = type(payload) is dict and payload.get("type") == "offer" and "sdp" in payload
+        kind = payload.get("type") if type(payload) is dict and "sdp" in payload else None
+        is_offer = kind == "offer"
         if handle is not None and is_offer and sender in self._answered:
             stale = self._links.get(handle)
-            if stale is not None and stale.rtc_offered and stale.state != _OPEN:
+            if (
+                stale is not None
+                and stale.rtc_described
+                and not stale.outbound
+                and stale.state != _OPEN
+            ):
                 # A second offer: the remote gave up on the attempt our link answers (its timeout
                 # may be shorter than ours) and asked again. Answer it on a new link; the old one
                 # would take the offer as a renegotiation and drop it.
@@ -976,10 +982,13 @@ class Core:
                 self._drop("too-many-pending", sender.hex())
                 return
             handle = self._start_webrtc(sender, False, now)
-        if is_offer:
+        if kind in ("offer", "answer"):
             link = self._links.get(handle)
-            if link is not None and not link.outbound:
-                link.rtc_offered = True
+            if link is not None and not link.rtc_described:
+                # The link applies the first description only: the DTLS fingerprint in it is
+                # what the remote proves its id with, so the link is as authentic as its message.
+                link.rtc_described = True
+                link.authenticated = verified
         self._events.append(SignalIn(handle, payload))
 
     def send_signal(self, handle: int, signal: Any, now: float) -> None:

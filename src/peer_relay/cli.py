@@ -44,6 +44,10 @@ def _add_peer_options(parser: argparse.ArgumentParser, *, server: bool) -> None:
         parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
         parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
         parser.add_argument("--public-url", help="URL to advertise if not ws://HOST:PORT")
+        parser.add_argument(
+            "--web", action="store_true", help="also serve the browser build and a demo page"
+        )
+        parser.add_argument("--web-port", type=int, default=0, help="port of --web (0: any)")
 
 
 def _peer_from_args(args: argparse.Namespace, *, server: bool) -> PeerRelay:
@@ -84,7 +88,16 @@ async def _serve(args: argparse.Namespace) -> int:
     async with peer:
         print(f"id  {peer.id.hex()}", flush=True)
         print(f"url {peer.url}", flush=True)
-        await _until_signalled()
+        if args.web:
+            from .browser.build import build
+            from .browser.server import WebServer
+
+            root = await asyncio.to_thread(build)
+            async with WebServer(root, {"bootstrap": [peer.url]}) as web:
+                print(f"web {await web.start(args.host, args.web_port)}", flush=True)
+                await _until_signalled()
+        else:
+            await _until_signalled()
         print("shutting down", file=sys.stderr, flush=True)
     return 0
 

@@ -309,8 +309,8 @@ class _RtcLink:
 
     def _on_ice_candidate(self, event: Any) -> None:
         candidate = event.candidate
-        if candidate is None or not candidate.candidate:
-            return  # simple-peer never signals the end of candidates
+        if not candidate or not getattr(candidate, "candidate", None):
+            return  # the end of candidates (JS null): simple-peer never signals it
         self._emit_signal(
             {
                 "type": "candidate",

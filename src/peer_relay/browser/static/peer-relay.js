@@ -66,6 +66,8 @@ export class PeerRelay {
       allow_unsigned: !!opts.allowUnsigned
     }
     if (opts.maxLinks) kwargs.max_links = opts.maxLinks
+    // Any other limit or policy of the core's Config, by its Python name (refresh_interval, ...).
+    for (const [name, value] of Object.entries(opts.options || {})) kwargs[name] = value
     this._py = BrowserPeer.callKwargs(kwargs)
     BrowserPeer.destroy()
     this.id = this._py.id_hex

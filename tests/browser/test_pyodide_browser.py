@@ -305,6 +305,20 @@ async def test_page_and_python_peer_link_by_webrtc_either_side_initiating(
     got = {m["data"]: m for m in await page.inbox()}
     assert got["from py1"]["hops"] == 1 and got["from py2"]["hops"] == 1
     assert got["from py1"]["verified"] and got["from py2"]["verified"]
+
+    # Either side closes its WebRTC link cleanly; both ends see it, and messages take the hub.
+    closed: asyncio.Queue[tuple[bytes, str]] = asyncio.Queue()
+    py1.on("peer-closed", lambda peer, reason: closed.put_nowait((bytes(peer), reason)))
+    assert await page.eval("(id) => window.peer.disconnect(id)", py1.id.hex()) is True
+    peer, _reason = await asyncio.wait_for(closed.get(), 10)
+    assert peer.hex() == page.id
+    assert py1.link_transport(page.id) is None
+    assert py1.id.hex() not in await page.peers()
+    assert py2.disconnect(page.id) is True
+    await page.wait("(id) => !window.peer.peers.some(p => p.id === id)", py2.id.hex())
+    await page.send(py1.id, "via the hub")
+    via_hub = await next_message(inbox1)
+    assert (via_hub.data, via_hub.hops, via_hub.verified) == ("via the hub", 2, True)
     assert page.errors == []
 
 

@@ -52,6 +52,8 @@ CHANNEL_LABEL = "peer-relay"
 MAX_SIGNALS = 256
 MAX_SDP_CHARS = 64 * 1024
 MAX_CANDIDATE_CHARS = 1024
+CLOSE_TIMEOUT = 2.0
+"""Seconds a closing WebRTC link waits for its data channel to close before the connection."""
 
 
 def _js() -> Any:
@@ -165,6 +167,7 @@ class _RtcLink:
         self._initiator = initiator
         self._handlers = _Handlers()
         self._closed = False
+        self._finished = False
         self._channel: Any = None
         self._signals: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         self._signal_count = 0
@@ -240,17 +243,36 @@ class _RtcLink:
         return "unknown-signal"
 
     def close(self, reason: str) -> None:
+        """Close the channel first, so that its queued data goes out, then the connection.
+
+        ``RTCPeerConnection.close()`` aborts the association at once (losing what is queued), so
+        it waits for the channel's close event, at most :data:`CLOSE_TIMEOUT` seconds.
+        """
         if self._closed:
             return
         self._closed = True
-        channel, pc = self._channel, self._pc
+        self._peer._link_gone(self._handle, f"webrtc {reason}")
+        channel = self._channel
+        if channel is not None and channel.readyState in ("connecting", "open"):
+            try:
+                channel.close()
+            except Exception:
+                self._finish()
+                return
+            # Not cleared when the channel closes first: _finish is idempotent, and the
+            # once-callable frees itself when it fires.
+            _js().setTimeout(_ffi().create_once_callable(self._finish), CLOSE_TIMEOUT * 1000)
+        else:
+            self._finish()
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
         try:
-            if channel is not None:
-                channel.close()  # the channel first: its queued data goes out before the pc closes
+            self._pc.close()
         finally:
-            pc.close()  # fires no more events once closed by us
             self._release()
-            self._peer._link_gone(self._handle, f"webrtc {reason}")
 
     async def _run(self) -> None:
         pc = self._pc
@@ -330,7 +352,7 @@ class _RtcLink:
         self._channel = channel
         channel.onopen = self._handlers(self._on_open)
         channel.onmessage = self._handlers(self._on_message)
-        channel.onclose = self._handlers(lambda _event: self._end("remote-closed"))
+        channel.onclose = self._handlers(self._on_channel_close)
 
     def _on_remote_channel(self, event: Any) -> None:
         if self._channel is not None or self._closed:
@@ -350,6 +372,12 @@ class _RtcLink:
         data = event.data
         if isinstance(data, str) and not self._closed:
             self._peer._core_call("frame_received", self._handle, data)
+
+    def _on_channel_close(self, _event: Any) -> None:
+        if self._closed:
+            self._finish()  # the close we started is complete
+        else:
+            self._end("remote-closed")
 
     def _end(self, reason: str) -> None:
         """The link ended on its own (remote close, ICE failure)."""

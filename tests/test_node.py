@@ -225,6 +225,23 @@ async def test_inbox_is_bounded_and_drops_the_oldest() -> None:
 # ----------------------------------------------------------------------------- a network
 
 
+async def settled(nodes: list[PeerRelay], quiet: float = 2.0, timeout: float = 40.0) -> None:
+    """Wait until no link has opened or closed anywhere for ``quiet`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def churn() -> int:
+        return sum(n.stats["links_opened"] + n.stats["links_closed"] for n in nodes)
+
+    last, since = churn(), loop.time()
+    while loop.time() - since < quiet:
+        assert loop.time() < deadline, "the network did not settle"
+        await asyncio.sleep(0.1)
+        now = churn()
+        if now != last:
+            last, since = now, loop.time()
+
+
 async def test_fifty_nodes_deliver_every_message() -> None:
     rng = random.Random(50)
     nodes: list[PeerRelay] = []
@@ -235,6 +252,7 @@ async def test_fifty_nodes_deliver_every_message() -> None:
             await node.start()
             nodes.append(node)
         await eventually(lambda: min(len(n.peers) for n in nodes) >= 5, 30, "links to form")
+        await settled(nodes)
         hops: list[int] = []
         pending: dict[int, asyncio.Future[int]] = {}
 

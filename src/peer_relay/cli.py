@@ -306,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list[:1] == ["simulate"]:
         from .sim.cli import main as simulate_main
 
-        return simulate_main(args_list[1:])
+        status: int = simulate_main(args_list[1:])
+        return status
     args = build_parser().parse_args(args_list)
     if args.command == "id":
         return _id(args)

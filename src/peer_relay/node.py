@@ -352,19 +352,22 @@ class PeerRelay:
         if core is None:
             return
         links = self._links
-        for event in core.events():
-            kind = type(event)
-            if kind is SendFrame:
-                assert isinstance(event, SendFrame)
-                link = links.get(event.handle)
-                if link is not None and not link.send(event.frame):
-                    closing = getattr(link, "closing", False)
-                    self._node_drops["link-closing" if closing else "send-buffer-full"] += 1
-            elif kind is Delivered:
-                assert isinstance(event, Delivered)
-                self._deliver(event)
-            else:
-                self._handle(event)
+        events = core.events()
+        while events:
+            for event in events:
+                kind = type(event)
+                if kind is SendFrame:
+                    assert isinstance(event, SendFrame)
+                    link = links.get(event.handle)
+                    if link is None or not link.send(event.frame):
+                        # The link is closing, gone or full: the core re-routes the frame.
+                        core.frame_undeliverable(event.handle, event.frame, time.time())
+                elif kind is Delivered:
+                    assert isinstance(event, Delivered)
+                    self._deliver(event)
+                else:
+                    self._handle(event)
+            events = core.events()
         when = core.get_timer()
         if when is not None and when != self._timer_at:
             if self._timer is not None:
@@ -471,7 +474,12 @@ class PeerRelay:
             core.link_closed(handle, time.time(), reason)
             self._flush()
 
-        link = WsLink(ws, on_frame, on_close, self._ws_options)
+        def on_undelivered(frames: list[bytes]) -> None:
+            for frame in frames:
+                core.frame_undeliverable(handle, frame, time.time())
+            self._flush()
+
+        link = WsLink(ws, on_frame, on_close, self._ws_options, on_undelivered)
         self._links[handle] = link
         # The core may have queued the hello before the link object existed.
         self._flush()

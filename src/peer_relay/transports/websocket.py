@@ -45,10 +45,12 @@ class WsLink:
         on_frame: Callable[[bytes], None],
         on_close: Callable[[str], None],
         options: WsOptions,
+        on_undelivered: Callable[[list[bytes]], None] | None = None,
     ) -> None:
         self.ws = ws
         self._on_frame = on_frame
         self._on_close = on_close
+        self._on_undelivered = on_undelivered
         self._options = options
         self._outbox: deque[bytes] = deque()
         self._buffered = 0
@@ -103,11 +105,12 @@ class WsLink:
                 reason = self._close_reason
             self._closing = True
             self._wake.set()
+            # Tell the node at once, so that nothing more is routed here while we clean up.
+            self._on_close(reason)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(writer, self._options.close_timeout)
             with contextlib.suppress(Exception):
                 await self.ws.close(1000, reason[:100])
-            self._on_close(reason)
 
     async def _write(self) -> None:
         """Write queued frames in order; after :meth:`close`, flush them and close the socket."""
@@ -116,9 +119,11 @@ class WsLink:
         try:
             while True:
                 while outbox:
-                    frame = outbox.popleft()
-                    self._buffered -= len(frame)
+                    frame = outbox[0]
                     await send(frame, text=True)
+                    # Popped only once written: a frame whose write failed is handed back.
+                    outbox.popleft()
+                    self._buffered -= len(frame)
                 if self._closing:
                     break
                 self._wake.clear()
@@ -129,8 +134,11 @@ class WsLink:
             if not self._closing:
                 self._closing = True
                 self._close_reason = "write failed"
+            leftover = list(outbox)
             outbox.clear()
             self._buffered = 0
+            if leftover and self._on_undelivered is not None:
+                self._on_undelivered(leftover)
             # Closing the connection also ends the reader's pending recv().
             with contextlib.suppress(Exception):
                 await self.ws.close(1000, self._close_reason[:100])

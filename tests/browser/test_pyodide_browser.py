@@ -368,6 +368,10 @@ async def test_demo_page_shows_peers_and_messages(
         page = await browser.new_page(viewport={"width": 1100, "height": 640})
         errors: list[str] = []
         page.on("pageerror", lambda exc: errors.append(str(exc)))
+        requests: list[str] = []
+        failed: list[str] = []
+        page.on("request", lambda request: requests.append(request.url))
+        page.on("requestfailed", lambda request: failed.append(request.url))
         started = time.perf_counter()
         await page.goto(base)
         await page.wait_for_function("window.peerLoadMs !== undefined", timeout=60_000)
@@ -393,7 +397,10 @@ async def test_demo_page_shows_peers_and_messages(
         assert shot.stat().st_size > 10_000
         text = await page.text_content("body") or ""
         assert "signed, 1 hop(s)" in text
-        assert errors == []
+        assert errors == [] and failed == []
+        # Everything came from our server: no CDN, no package index.
+        assert requests and all(url.startswith(base) for url in requests), requests
+        assert any(url.endswith("pyodide.asm.wasm") for url in requests)
 
 
 async def test_serve_web_serves_the_build_and_config(web_build: Path, tmp_path: Path) -> None:

@@ -133,7 +133,6 @@ class Stats:
     originated: int = 0
     delivered: int = 0
     relayed: int = 0
-    rerouted: int = 0
     links_opened: int = 0
     links_closed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -392,9 +391,12 @@ class Core:
         if link is None or link.state != _DIALING:
             return
         if link.transport == "webrtc":
-            # Its id is proven if the description that carried its DTLS fingerprint was signed.
-            assert link.expected is not None
-            self._establish(link, link.expected, link.authenticated, now)
+            # The channel is open here, which does not mean the remote took it: the original's
+            # browser build never does in current Chromium, and messages sent on such a link are
+            # lost. Greet the remote on it; the link opens on the remote's first frame.
+            link.state = _HELLO
+            link.deadline = now + self.config.link_timeout
+            self._send_frame(link, self._rtc_greeting(link, now))
         else:
             link.deadline = now + self.config.link_timeout
             self._start_hello(link)
@@ -415,13 +417,20 @@ class Core:
         stats.bytes_in += len(frame)
         try:
             obj = wire.loads(frame, self.config.max_frame)
-            if link.state < _OPEN:
+            if link.state < _OPEN and link.transport != "webrtc":
                 self._link_frame(link, obj, now)
                 return
             env = wire.parse_envelope(obj, self.config.max_hops)
         except WireError as exc:
             self._strike(link, exc, now)
             return
+        if link.state < _OPEN:
+            # The remote's first frame on a WebRTC link (see link_connected). Its id is proven if
+            # the description that carried its DTLS fingerprint was signed.
+            assert link.expected is not None
+            self._establish(link, link.expected, link.authenticated, now)
+            if link.state != _OPEN:
+                return
         if env.to == self.hex:
             self._receive(env, link, now)
             return
@@ -434,27 +443,6 @@ class Core:
         if len(seen) > self.config.max_seen:
             seen.popitem(last=False)
         self._forward(env)
-
-    def frame_undeliverable(self, handle: int, frame: bytes, now: float) -> None:
-        """The adapter could not send ``frame`` on link ``handle`` (closing, gone or full).
-
-        The link leaves routing, and an envelope goes out on the next best link instead of being
-        lost; anything else (a hello, a proof) is dropped.
-        """
-        link = self._links.get(handle)
-        if link is not None and link.state == _OPEN:
-            self._close(link, "send failed", now)
-        try:
-            obj = wire.loads(frame, self.config.max_frame)
-            env = wire.parse_envelope(obj, self.config.max_hops)
-        except WireError:
-            return
-        hops = self._next_hops(env.to, env.path, env.raw.get("route"))
-        if not hops:
-            self._drop("no-route", env.to)
-            return
-        self.stats.rerouted += 1
-        self._send_frame(hops[0], frame)
 
     def _new_handle(self) -> int:
         handle = self._next_handle
@@ -955,7 +943,12 @@ class Core:
         ws = payload.get("ws")
         if payload.get("wrtc") is True and self.config.webrtc:
             if attempt.webrtc_handle is None:
-                attempt.webrtc_handle = self._start_webrtc(sender, True, now)
+                # It may be linking to us already (we answered its offer before asking): then
+                # this attempt waits for that link instead of crossing it with a second one.
+                inbound = self._rtc_by_peer.get(sender)
+                if inbound is None:
+                    inbound = self._start_webrtc(sender, True, now)
+                attempt.webrtc_handle = inbound
         elif type(ws) is str and ws.startswith(("ws://", "wss://")) and len(ws) < 2048:
             self._dial(ws, sender, now)
         elif self.url is not None:
@@ -985,7 +978,19 @@ class Core:
         is_offer = kind == "offer"
         if handle is not None and is_offer and sender in self._answered:
             stale = self._links.get(handle)
-            if (
+            if stale is not None and stale.outbound and stale.state == _DIALING:
+                # Glare: each side answered the other's handshake and started a link as the
+                # initiator. The lower id's link goes on; the other side answers it instead.
+                if self.id < sender:
+                    self._drop("webrtc-glare", sender.hex())
+                    return
+                attempt = self._connecting.pop(sender, None)
+                self._close(stale, "glare", now)  # without failing the attempt: it goes on
+                if attempt is not None:
+                    attempt.webrtc_handle = None
+                    self._connecting[sender] = attempt
+                handle = self._rtc_by_peer.get(sender)
+            elif (
                 stale is not None
                 and stale.rtc_described
                 and not stale.outbound
@@ -1004,6 +1009,9 @@ class Core:
                 self._drop("too-many-pending", sender.hex())
                 return
             handle = self._start_webrtc(sender, False, now)
+            attempt = self._connecting.get(sender)
+            if attempt is not None and attempt.webrtc_handle is None:
+                attempt.webrtc_handle = handle  # our own attempt waits for this link
         if kind in ("offer", "answer"):
             link = self._links.get(handle)
             if link is not None and not link.rtc_described:
@@ -1012,6 +1020,23 @@ class Core:
                 link.rtc_described = True
                 link.authenticated = verified
         self._events.append(SignalIn(handle, payload))
+
+    def _rtc_greeting(self, link: _Link, now: float) -> bytes:
+        """The first frame on a WebRTC link: findPeers to the remote (as 0.0.2 sends on a link).
+
+        Built as :meth:`_originate` builds messages, but sent on this link, which is not open yet.
+        """
+        assert link.expected is not None
+        to_hex = link.expected.hex()
+        data = wire.canonical({"type": wire.FIND_PEERS, "data": self.hex})
+        nonce = str(self._rng.getrandbits(63))
+        auth = None
+        if self.config.sign:
+            ts = int(now * 1000)
+            signature = self.identity.sign(wire.signed_bytes(to_hex, self.hex, nonce, ts, data))
+            auth = {"key": self._key_b64, "sig": wire.b64encode(signature), "ts": ts}
+        self.stats.originated += 1
+        return wire.origin_frame(to_hex, self.hex, nonce, data, auth)
 
     def send_signal(self, handle: int, signal: Any, now: float) -> None:
         """Relay a WebRTC signal of link ``handle`` to its remote."""

@@ -133,6 +133,7 @@ class Stats:
     originated: int = 0
     delivered: int = 0
     relayed: int = 0
+    rerouted: int = 0
     links_opened: int = 0
     links_closed: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
@@ -443,6 +444,27 @@ class Core:
         if len(seen) > self.config.max_seen:
             seen.popitem(last=False)
         self._forward(env)
+
+    def frame_undeliverable(self, handle: int, frame: bytes, now: float) -> None:
+        """The adapter could not send ``frame`` on link ``handle`` (closing, gone or full).
+
+        The link leaves routing, and an envelope goes out on the next best link instead of being
+        lost; anything else (a hello, a proof) is dropped.
+        """
+        link = self._links.get(handle)
+        if link is not None and link.state == _OPEN:
+            self._close(link, "send failed", now)
+        try:
+            obj = wire.loads(frame, self.config.max_frame)
+            env = wire.parse_envelope(obj, self.config.max_hops)
+        except WireError:
+            return
+        hops = self._next_hops(env.to, env.path, env.raw.get("route"))
+        if not hops:
+            self._drop("no-route", env.to)
+            return
+        self.stats.rerouted += 1
+        self._send_frame(hops[0], frame)
 
     def _new_handle(self) -> int:
         handle = self._next_handle

@@ -1,0 +1,233 @@
+"""BrowserPeer in CPython, against stand-ins for the browser's objects (no browser needed).
+
+The real thing runs in Chromium in ``test_pyodide_browser.py``; here the adapter's own logic is
+pinned down fast: the pump, the timer, frames both ways with a real core on the other end, and
+remote signals that are malformed (they arrive from the network, so they must be counted and
+dropped, never raise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import sys
+import time
+import types
+from collections.abc import Iterator
+from typing import Any, ClassVar
+
+import pytest
+
+from peer_relay.browser import BrowserPeer
+from peer_relay.browser.peer import _RtcLink
+from peer_relay.core import Config, Core
+from peer_relay.events import Delivered, PeerLinked, SendFrame
+from peer_relay.identity import Identity
+
+
+class FakeWebSocket:
+    instances: ClassVar[list[FakeWebSocket]] = []
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.readyState = 0
+        self.bufferedAmount = 0
+        self.sent: list[str] = []
+        self.closed: tuple[int, str] | None = None
+        self.onopen = self.onmessage = self.onclose = self.onerror = None
+        FakeWebSocket.instances.append(self)
+
+    def send(self, text: str) -> None:
+        self.sent.append(text)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.closed = (code, reason)
+        self.readyState = 3
+
+
+class FakePeerConnection:
+    instances: ClassVar[list[FakePeerConnection]] = []
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.remote: list[Any] = []
+        self.candidates: list[Any] = []
+        self.localDescription: Any = None
+        self.connectionState = "new"
+        self.closed = False
+        self.onicecandidate = self.onconnectionstatechange = self.ondatachannel = None
+        FakePeerConnection.instances.append(self)
+
+    def createDataChannel(self, label: str, options: Any) -> Any:
+        return types.SimpleNamespace(
+            label=label, readyState="connecting", bufferedAmount=0, close=lambda: None
+        )
+
+    async def createOffer(self) -> Any:
+        return {"type": "offer", "sdp": "v=0 offer"}
+
+    async def createAnswer(self) -> Any:
+        return {"type": "answer", "sdp": "v=0 answer"}
+
+    async def setLocalDescription(self, description: Any) -> None:
+        self.localDescription = types.SimpleNamespace(**description)
+
+    async def setRemoteDescription(self, description: Any) -> None:
+        self.remote.append(description)
+
+    async def addIceCandidate(self, candidate: Any) -> None:
+        self.candidates.append(candidate)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.pending: dict[int, tuple[float, Any]] = {}
+        self.next_id = 1
+
+    def set(self, fn: Any, ms: float = 0) -> int:
+        tid = self.next_id
+        self.next_id += 1
+        self.pending[tid] = (ms, fn)
+        return tid
+
+    def clear(self, tid: int) -> None:
+        self.pending.pop(tid, None)
+
+
+@pytest.fixture
+def fake_browser(monkeypatch: pytest.MonkeyPatch) -> Iterator[Timers]:
+    timers = Timers()
+    js = types.ModuleType("js")
+    js.WebSocket = types.SimpleNamespace(new=FakeWebSocket)  # type: ignore[attr-defined]
+    js.RTCPeerConnection = types.SimpleNamespace(new=FakePeerConnection)  # type: ignore[attr-defined]
+    js.Object = types.SimpleNamespace(fromEntries=dict)  # type: ignore[attr-defined]
+    js.setTimeout = timers.set  # type: ignore[attr-defined]
+    js.clearTimeout = timers.clear  # type: ignore[attr-defined]
+    ffi = types.ModuleType("pyodide.ffi")
+
+    class Proxy:
+        def __init__(self, fn: Any) -> None:
+            self.fn = fn
+
+        def __call__(self, *args: Any) -> Any:
+            return self.fn(*args)
+
+        def destroy(self) -> None:
+            pass
+
+    ffi.create_proxy = Proxy  # type: ignore[attr-defined]
+    ffi.create_once_callable = Proxy  # type: ignore[attr-defined]
+    ffi.to_js = lambda value, dict_converter=None: value  # type: ignore[attr-defined]
+    pyodide = types.ModuleType("pyodide")
+    pyodide.ffi = ffi  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "js", js)
+    monkeypatch.setitem(sys.modules, "pyodide", pyodide)
+    monkeypatch.setitem(sys.modules, "pyodide.ffi", ffi)
+    FakeWebSocket.instances.clear()
+    FakePeerConnection.instances.clear()
+    yield timers
+
+
+def event(**fields: Any) -> Any:
+    return types.SimpleNamespace(**fields)
+
+
+async def test_pump_over_a_fake_websocket_to_a_real_core(fake_browser: Timers) -> None:
+    emitted: list[tuple[str, Any]] = []
+    peer = BrowserPeer(
+        emit=lambda name, args: emitted.append((name, json.loads(args))),
+        bootstrap=["ws://server"],
+    )
+    peer.start()
+    [ws] = FakeWebSocket.instances
+    assert ws.url == "ws://server"
+    assert fake_browser.pending, "the core's timer is armed"
+
+    server_id = Identity.generate()
+    now = time.time()
+    server = Core(server_id, Config(url="ws://server"), rng=random.Random(1), now=now)
+    handle = server.link_accepted(now)
+    ws.readyState = 1
+    ws.onopen(event())  # type: ignore[misc]
+
+    def pump() -> list[Any]:
+        out = []
+        for _ in range(10):
+            frames, ws.sent = ws.sent, []
+            for frame in frames:
+                server.frame_received(handle, frame, time.time())
+            moved = bool(frames)
+            for ev in server.events():
+                if isinstance(ev, SendFrame):
+                    ws.onmessage(event(data=ev.frame.decode()))  # type: ignore[misc]
+                    moved = True
+                else:
+                    out.append(ev)
+            if not moved:
+                break
+        return out
+
+    out = pump()
+    assert any(isinstance(e, PeerLinked) and e.authenticated for e in out)
+    assert ("peer", [server_id.id.hex(), "ws"]) in emitted
+    assert json.loads(peer.peers_json()) == [{"id": server_id.id.hex(), "transport": "ws"}]
+
+    peer.send(server_id.id.hex(), json.dumps({"hello": [1, "é"]}))
+    delivered = [e for e in pump() if isinstance(e, Delivered)]
+    assert [(d.data, d.sender, d.verified) for d in delivered] == [
+        ({"hello": [1, "é"]}, peer.id, True)
+    ]
+    server.send(peer.id, "back", time.time())
+    pump()
+    assert ("message", ["back", server_id.id.hex(), {"verified": True, "hops": 1}]) in emitted
+
+    # A binary frame is counted, not parsed; the remote closing ends the link.
+    ws.onmessage(event(data=object()))  # type: ignore[misc]
+    ws.onclose(event(code=1006))  # type: ignore[misc]
+    assert ("peer-closed", [server_id.id.hex(), "remote closed (1006)"]) in emitted
+    assert json.loads(peer.stats_json())["dropped"]["binary-frame"] == 1
+    peer.close()
+    assert not fake_browser.pending or all(ms == 0 for ms, _ in fake_browser.pending.values())
+
+
+async def test_malformed_remote_signals_are_counted_and_dropped(fake_browser: Timers) -> None:
+    peer = BrowserPeer(emit=lambda name, args: None)
+    peer.start()
+    link = _RtcLink(peer, 99, initiator=False)
+    garbage: list[Any] = [
+        None,
+        "offer",
+        [],
+        {},
+        {"type": "offer"},
+        {"sdp": 5, "type": "offer"},
+        {"sdp": "x" * 70_000, "type": "offer"},
+        {"sdp": "v=0", "type": "answer"},  # the answerer never takes an answer
+        {"sdp": "v=0", "type": "pranswer"},
+        {"candidate": "a=candidate"},
+        {"candidate": {"candidate": ""}},  # end-of-candidates marker
+        {"candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host"}},  # no mid/index
+        {"candidate": {"candidate": "c", "sdpMid": 0}},
+        {"candidate": {"candidate": "c" * 2000, "sdpMid": "0"}},
+        {"renegotiate": True},
+    ]
+    for signal in garbage:
+        link.add_signal(signal)
+    assert sum(link.dropped.values()) == len(garbage)
+    # Valid ones: candidates before the offer are held until the description is set.
+    candidate = {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMLineIndex": 0}
+    link.add_signal({"type": "candidate", "candidate": candidate})
+    link.add_signal({"type": "offer", "sdp": "v=0 remote offer"})
+    for _ in range(50):
+        await asyncio.sleep(0)
+    pc = FakePeerConnection.instances[-1]
+    assert pc.remote == [{"type": "offer", "sdp": "v=0 remote offer"}]
+    assert pc.candidates == [{"candidate": candidate["candidate"], "sdpMLineIndex": 0}]
+    assert pc.localDescription.type == "answer"
+    link.close("test")
+    assert pc.closed
+    peer.close()

@@ -696,6 +696,10 @@ class Core:
         if self.hex in env.path:
             self._drop("loop", env.nonce)
             return
+        hazard = wire.hazard_to_original(env)
+        if hazard is not None:
+            self._drop("unsafe-for-original", hazard)
+            return
         hops = self._next_hops(env.to, env.path, env.raw.get("route"))
         if not hops:
             self._drop("no-route", env.to)

@@ -36,6 +36,7 @@ from .events import (
 from .identity import Identity
 from .ids import parse_id, short
 from .transports.websocket import WsLink, WsOptions, dial, listen
+from .wire import is_ws_url
 
 _log = logging.getLogger("peer_relay.node")
 
@@ -120,6 +121,9 @@ class PeerRelay:
         for url in self._bootstrap:
             if not url.startswith(("ws://", "wss://")):
                 raise ValueError(f"bootstrap URL must be ws:// or wss://, got {url!r}")
+        if public_url is not None and not is_ws_url(public_url):
+            # It is sent to peers to dial; 0.0.2 peers crash on a URL they cannot parse.
+            raise ValueError(f"public_url must be a ws:// or wss:// URL, got {public_url!r}")
         self._public_url = public_url
         self._ws_options = WsOptions(
             max_frame=self._config.max_frame,

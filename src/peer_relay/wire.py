@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -123,6 +124,58 @@ def message_body(env: Envelope) -> tuple[str, Any, bool]:
 def relay_frame(env: Envelope, own_hex: str) -> bytes:
     """The frame to forward: a copy of the envelope with our id appended to its path."""
     return _json.dumps({**env.raw, "path": [*env.path, own_hex]})
+
+
+def hazard_to_original(env: Envelope) -> str | None:
+    """Why this envelope would crash a 0.0.2 peer that receives it, or None.
+
+    A 0.0.2 node throws (and its whole process dies) on a ``data`` that is not an object, a
+    ``findPeers`` whose id is not a string, a ``foundPeers`` that is not a list of strings, and a
+    ``handshake-answer`` whose ``ws`` is truthy but not a URL it can parse (when the answerer is
+    not one of its direct peers). Relays check this: a 0.0.2 peer may be on the rest of the way.
+    """
+    data = env.raw.get("data")
+    if type(data) is not dict:
+        return "data is not an object"
+    kind = data.get("type")
+    if type(kind) is not str:
+        return "data.type is not a string"
+    body = data.get("data")
+    if kind == FIND_PEERS:
+        if type(body) is not str:
+            return "findPeers id is not a string"
+    elif kind == FOUND_PEERS:
+        if type(body) is not list or not all(type(entry) is str for entry in body):
+            return "foundPeers is not a list of strings"
+    elif kind == HANDSHAKE_ANSWER and type(body) is dict:
+        ws = body.get("ws")
+        if _js_truthy(ws) and not is_ws_url(ws):
+            return "handshake-answer ws is not a WebSocket URL"
+    return None
+
+
+def _js_truthy(value: Any) -> bool:
+    if value is None or value is False or value == "":
+        return False
+    return not (type(value) in (int, float) and value == 0)
+
+
+_WS_URL = re.compile(
+    r"wss?://(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?(?:[/?#][\x21-\x7e]*)?",
+    re.IGNORECASE,
+)
+
+
+def is_ws_url(value: Any) -> bool:
+    """Whether ``value`` is a plain ``ws://``/``wss://`` URL with a host and a valid port.
+
+    Stricter than what 0.0.2 accepts (it throws on a URL without a host or with a port beyond
+    65535, and on anything that is not a string): only what every peer can dial passes.
+    """
+    if type(value) is not str or len(value) > 2048:
+        return False
+    match = _WS_URL.fullmatch(value)
+    return match is not None and (match.group(1) is None or int(match.group(1)) <= 65535)
 
 
 # ----------------------------------------------------------------------------- origin side

@@ -62,6 +62,9 @@ class RtcAdapter:
             host_addresses=host_addresses,
             open_timeout=cfg.connect_timeout,
             max_frame=cfg.max_frame,
+            # The same send buffer as a WebSocket link (max_link_buffer): a burst that one
+            # absorbs must not make the other fail its sends and close.
+            max_buffered=node._ws_options.max_buffer,
         )
         self._links: dict[int, RTCLink] = {}
         self._tasks: set[asyncio.Task[Any]] = set()

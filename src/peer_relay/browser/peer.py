@@ -536,11 +536,14 @@ class BrowserPeer:
         core = self._core
         if core is None:
             return
-        for event in core.events():
-            try:
-                self._handle(event)
-            except Exception:
-                _log.exception("handling %r failed", type(event).__name__)
+        events = core.events()
+        while events:  # handling an event may give the core more to do (a re-routed frame)
+            for event in events:
+                try:
+                    self._handle(event)
+                except Exception:
+                    _log.exception("handling %r failed", type(event).__name__)
+            events = core.events()
         if self._destroyed:
             return
         when = core.get_timer()
@@ -554,8 +557,10 @@ class BrowserPeer:
     def _handle(self, event: object) -> None:
         if isinstance(event, SendFrame):
             link = self._links.get(event.handle)
-            if link is not None and not link.send(event.frame):
-                self._node_drops["send-failed"] = self._node_drops.get("send-failed", 0) + 1
+            core = self._core
+            # Closing, gone or full: the core takes the link out of routing and re-routes.
+            if (link is None or not link.send(event.frame)) and core is not None:
+                core.frame_undeliverable(event.handle, event.frame, time.time())
         elif isinstance(event, Delivered):
             info = {"verified": event.verified, "hops": event.hops}
             self._emit("message", [event.data, event.sender.hex(), info])

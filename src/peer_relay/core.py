@@ -569,13 +569,13 @@ class Core:
         link.peer_hex = peer_id.hex()
         link.peer_int = int.from_bytes(peer_id, "big")
         link.authenticated = authenticated
-        link.state = _OPEN
         link.opened_at = now
         link.deadline = now + cfg.strike_window
         if not self._table.add(peer_id, link):
             self._close(link, "bucket-full", now)
             self._fail_attempt(peer_id, "bucket-full", now)
             return
+        link.state = _OPEN
         self._open.append(link)
         self._candidates.add(peer_id, now, replace_oldest=True)
         self._undialable.pop(peer_id, None)

@@ -317,6 +317,8 @@ class SimNetwork:
     def _carry(self, node: SimNode, handle: int, frame: bytes) -> None:
         pair = node.links.get(handle)
         if pair is None:
+            # The link is gone on our side: the adapter reports the frame back, as a live one does.
+            self.at(0.0, self._undeliverable, node, handle, frame)
             return
         peer, peer_handle = pair
         self.frames_sent += 1
@@ -335,6 +337,11 @@ class SimNetwork:
         node.clock[handle] = arrive
         self._seq += 1
         heapq.heappush(self._queue, (arrive, self._seq, self._arrive, (peer, peer_handle, frame)))
+
+    def _undeliverable(self, node: SimNode, handle: int, frame: bytes) -> None:
+        if node.alive:
+            node.core.frame_undeliverable(handle, frame, self.now)
+            self._pump(node)
 
     def _arrive(self, peer: SimNode, handle: int, frame: bytes) -> None:
         if peer.alive:

@@ -903,18 +903,27 @@ class Core:
         if introducers is None:
             introducers = self._introducers = OrderedDict()
         limit = self.config.max_routes
+        linked = {link.peer_hex for link in self._open}
+        linked.add(self.hex)
+        add = self._candidates.add
         for entry in payload[: self.config.k]:
             hex_id = hex_from_wire(entry)
-            if hex_id is None:
+            if hex_id is None or hex_id in linked:
                 continue
             peer_id = bytes.fromhex(hex_id)
-            if peer_id != self.id and peer_id not in self._table:
-                self._candidates.add(peer_id, now, replace_oldest=True)
-                if introducer is not None and introducer != hex_id:
-                    introducers[peer_id] = introducer
-                    introducers.move_to_end(peer_id)
-                    if len(introducers) > limit:
-                        introducers.popitem(last=False)
+            add(peer_id, now, replace_oldest=True)
+            if introducer is not None and introducer != hex_id:
+                introducers[peer_id] = introducer
+                introducers.move_to_end(peer_id)
+                if len(introducers) > limit:
+                    introducers.popitem(last=False)
+        if self.config.strategy == "spread":
+            asked = self._asked
+            if asked is not None and introducer is not None:
+                sender = bytes.fromhex(introducer)
+                if sender in asked:
+                    asked[sender] = 0.0
+            self._lookup_step(now)
         self._populate(now)
 
     def _found_peers_sender(self, now: float) -> str | None:
@@ -1098,29 +1107,51 @@ class Core:
             self._events.append(ConnectResult(peer_id, False, reason))
 
     def _refresh(self, now: float) -> None:
-        """Periodic discovery: ask near peers about our neighbourhood, fill empty buckets."""
+        """Periodic discovery and repair.
+
+        ``original`` asks its nearest link about its neighbourhood, as 0.0.2. ``spread`` starts a
+        lookup round for its neighbourhood (only every fourth time while its near links stay the
+        same), asks about one empty bucket, redials its bootstrap peers after a sudden loss (see
+        :meth:`_rejoin`), and populates.
+        """
+        cfg = self.config
+        me = self._int
+        if cfg.strategy != "spread":
+            if self._open:
+                near_link = min(self._open, key=lambda link: link.peer_int ^ me)
+                self._originate(near_link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
+            self._populate(now)
+            return
+        self._rejoin(now)
         if not self._open:
             return
-        me = self._int
-        if self.config.strategy == "spread":
-            # Ask the nearest link, and one more of the near ones: two views of our neighbourhood.
-            count = self.config.near_count
-            near = heapq.nsmallest(count, self._open, key=lambda link: link.peer_int ^ me)
-            asked = {near[0], self._rng.choice(near)}
+        near = heapq.nsmallest(cfg.near_count, self._open, key=lambda link: link.peer_int ^ me)
+        signature = tuple(link.peer_id for link in near)
+        if signature != self._near_signature:
+            self._near_signature = signature
+            self._quiet_rounds = 0
         else:
-            asked = {min(self._open, key=lambda link: link.peer_int ^ me)}
-        for link in sorted(asked, key=lambda link: link.peer_int ^ me):
-            self._originate(link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
-        if self.config.strategy == "spread":
-            filled = {bucket_index(self._int, link.peer_int) for link in self._open}
-            deepest = min(filled) if filled else 159
-            empty = [i for i in range(deepest + 1, 160) if i not in filled]
-            if empty:
-                index = self._rng.choice(empty[-8:])
-                target = self._random_id_in_bucket(index)
-                via = self._next_hops(target.hex(), (self.hex,))
-                if via:
-                    self._originate(via[0].peer_hex, wire.FIND_PEERS, target.hex(), True, now)
+            self._quiet_rounds += 1
+        if self._quiet_rounds % _QUIET_ROUNDS == 0:
+            # A new lookup round: ask the nearest link and one more near one; their answers
+            # lead to nearer peers, asked in turn (see _lookup_step).
+            ask = {near[0], self._rng.choice(near)}
+            asked = self._asked
+            if asked is None:
+                asked = self._asked = OrderedDict()
+            asked.clear()
+            for link in sorted(ask, key=lambda link: link.peer_int ^ me):
+                asked[link.peer_id] = now + _LOOKUP_TIMEOUT
+                self._originate(link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
+        filled = {bucket_index(me, link.peer_int) for link in self._open}
+        deepest = min(filled)
+        empty = [i for i in range(deepest + 1, 160) if i not in filled]
+        if empty:
+            index = self._rng.choice(empty[-8:])
+            target = self._random_id_in_bucket(index)
+            via = self._next_hops(target.hex(), (self.hex,))
+            if via:
+                self._originate(via[0].peer_hex, wire.FIND_PEERS, target.hex(), True, now)
         self._populate(now)
 
     def _random_id_in_bucket(self, index: int) -> bytes:
@@ -1147,19 +1178,8 @@ class Core:
         room = cfg.max_links - len(self._open) - len(self._connecting)
         if free <= 0:
             return
-        wanted = self._wanted(free, room)
-        introducers = self._introducers
-        routes = self._routes
-        for peer_id in wanted:
-            via = None if introducers is None else introducers.get(peer_id)
-            if via is not None and bytes.fromhex(via) in self._table:
-                peer_hex = peer_id.hex()
-                known = routes.get(peer_hex)
-                if known is None or known[0] <= now or len(known[1]) > 2:
-                    routes[peer_hex] = (now + cfg.route_ttl, [via, peer_hex])
-                    routes.move_to_end(peer_hex)
-                    if len(routes) > cfg.max_routes:
-                        routes.popitem(last=False)
+        for peer_id in self._wanted(free, room, now):
+            self._hint_via_introducer(peer_id, now)
             self._start_attempt(peer_id, now, user=False)
 
     def _dialable(self, peer_id: bytes) -> bool:
@@ -1184,12 +1204,13 @@ class Core:
                 break
         return out
 
-    def _wanted(self, free: int, room: int) -> list[bytes]:
+    def _wanted(self, free: int, room: int, now: float) -> list[bytes]:
         """Up to ``free`` candidates to dial now, given ``room`` unused links.
 
         ``original`` wants the 15 ids nearest its own while it has room. ``spread`` wants:
 
-        1. its ``near_count`` nearest neighbours, even with no room (a farther link gives way);
+        1. its ``near_count`` nearest neighbours, even with no room (a farther link gives way),
+           once no question of its lookup round is out;
         2. while it has room, one link in every bucket it knows peers in, farthest first;
         3. while more than ``spare_links`` are unused, a second link in the far buckets whose
            links cover one half of the bucket only: the other half gives one more bit per hop.
@@ -1198,8 +1219,11 @@ class Core:
         if cfg.strategy == "original":
             nearest = self._nearest_candidates(15)
             return [p for p in nearest if self._dialable(p)][: min(free, room)]
-        wanted = [p for p in self._nearest_candidates(cfg.near_count) if self._dialable(p)]
-        del wanted[free:]
+        if self._lookup_pending(now):
+            wanted = []
+        else:
+            wanted = [p for p in self._nearest_candidates(cfg.near_count) if self._dialable(p)]
+            del wanted[free:]
         fill = min(free, len(wanted) + room)
         extra = min(free, len(wanted) + room - cfg.spare_links)
         if fill <= len(wanted):
@@ -1247,9 +1271,9 @@ class Core:
         """The open link to close so that ``newcomer`` fits, or None to refuse the newcomer.
 
         The links to our ``near_count`` nearest neighbours (the newcomer among them, if near) are
-        never closed. Of the others, the most crowded goes first (its bucket holds the most
-        links, then its half of the bucket does), then one past its grace period, then the
-        oldest: young links are a newcomer's lifeline.
+        never closed. Of the others, one past its grace period goes first (young links are a
+        newcomer's lifeline), then the most crowded (its bucket holds the most links, then its
+        half of the bucket does), then the oldest.
 
         Closing a link of our neighbourhood (the buckets up to one past the farthest near link)
         or one alone in its bucket harms a route, and as buckets are symmetric, the peer at the
@@ -1276,15 +1300,15 @@ class Core:
             counts[index] = counts.get(index, 0) + 1
             counts[~half] = counts.get(~half, 0) + 1
         best: _Link | None = None
-        best_key: tuple[bool, int, int, bool, float] | None = None
+        best_key: tuple[bool, bool, int, int, float] | None = None
         for link in ranked[protect:]:
             index = (link.peer_int ^ me).bit_length() - 1
             half = 2 * index + _half_bit(link.peer_int, index)
             key = (
                 index >= region and counts[index] >= 2,
+                now - link.opened_at >= cfg.link_grace,
                 counts[index],
                 counts[~half],
-                now - link.opened_at >= cfg.link_grace,
                 -link.opened_at,
             )
             if best_key is None or key > best_key:
@@ -1299,6 +1323,14 @@ class Core:
 
 _NEAR_MARGIN = 1
 """Buckets past the farthest near link still counted as our neighbourhood by eviction."""
+_QUIET_ROUNDS = 4
+"""While the near links stay the same, a lookup round runs every this many refreshes."""
+_REJOIN_PERIOD = 600.0
+"""Seconds during which the bootstrap peers are redialled after a sudden loss of links."""
+_LOOKUP_PARALLEL = 2
+"""Questions of a lookup round out at once."""
+_LOOKUP_TIMEOUT = 2.0
+"""Seconds an unanswered lookup question holds back the dialling of near links."""
 
 
 def _half_bit(peer_int: int, index: int) -> int:

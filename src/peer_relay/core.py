@@ -926,6 +926,37 @@ class Core:
             self._lookup_step(now)
         self._populate(now)
 
+    def _lookup_step(self, now: float) -> None:
+        """Ask the nearest candidates not asked yet in this round for their links nearest us.
+
+        An iterative lookup by messages alone (at most two questions out at once): near links
+        are dialled once it settles, instead of linking every step of the way and evicting the
+        steps later.
+        """
+        asked = self._asked
+        if asked is None:
+            asked = self._asked = OrderedDict()
+        budget = _LOOKUP_PARALLEL - sum(1 for due in asked.values() if due > now)
+        if budget <= 0:
+            return
+        table = self._table
+        for peer_id in self._nearest_candidates(self.config.near_count + 2):
+            if peer_id in asked or peer_id in table:
+                continue
+            self._hint_via_introducer(peer_id, now)
+            self._originate(peer_id.hex(), wire.FIND_PEERS, self.hex, True, now)
+            asked[peer_id] = now + _LOOKUP_TIMEOUT
+            if len(asked) > 4 * _LOOKUP_PARALLEL + self.config.near_count:
+                asked.popitem(last=False)
+            budget -= 1
+            if budget <= 0:
+                return
+
+    def _lookup_pending(self, now: float) -> bool:
+        """Whether a question of the lookup round is still out."""
+        asked = self._asked
+        return asked is not None and any(due > now for due in asked.values())
+
     def _found_peers_sender(self, now: float) -> str | None:
         """The sender (hex) of the foundPeers being handled, if known.
 
@@ -1106,6 +1137,15 @@ class Core:
         if attempt.user:
             self._events.append(ConnectResult(peer_id, False, reason))
 
+    # Refresh state (see _refresh and _rejoin); class defaults until first set.
+    _near_signature: tuple[bytes, ...] = ()
+    _quiet_rounds = 0
+    _refreshed_at = float("-inf")
+    _closed_before = 0
+    _rejoin_until = float("-inf")
+    _rejoin_at = float("-inf")
+    _rejoin_delay = 0.0
+
     def _refresh(self, now: float) -> None:
         """Periodic discovery and repair.
 
@@ -1154,6 +1194,40 @@ class Core:
                 self._originate(via[0].peer_hex, wire.FIND_PEERS, target.hex(), True, now)
         self._populate(now)
 
+    def _rejoin(self, now: float) -> None:
+        """Redial the bootstrap peers, backing off, for a while when cut off.
+
+        Two signs, both with attempts to other peers timing out since the last refresh: a third
+        of our links closed at once (a partition: once it heals, nothing on our side links to
+        the other, routing cannot cross, only a dial can, and a bootstrap URL is the one address
+        we have), or fewer links than near neighbours wanted (newcomers that linked only to each
+        other, say, when their bootstrap peer let them go).
+        """
+        cfg = self.config
+        closed = self.stats.links_closed
+        lost = closed - self._closed_before
+        self._closed_before = closed
+        since = self._refreshed_at
+        self._refreshed_at = now
+        count = len(self._open)
+        if self._bootstrap and (count < cfg.near_count or (lost >= 3 and 3 * lost >= count + lost)):
+            # Attempts that failed since the last refresh carry an expiry past this threshold.
+            threshold = since + 4 * cfg.refresh_interval
+            failed = 0
+            for until in reversed(self._undialable.values()):
+                if until <= threshold:
+                    break
+                failed += 1
+            if failed >= 2 and now >= self._rejoin_until:
+                self._rejoin_until = now + _REJOIN_PERIOD
+                self._rejoin_at = now
+                self._rejoin_delay = cfg.refresh_interval
+        if now < self._rejoin_until and now >= self._rejoin_at:
+            self._rejoin_at = now + self._rejoin_delay
+            self._rejoin_delay *= 2
+            for url in self._bootstrap:
+                self._dial(url, None, now)
+
     def _random_id_in_bucket(self, index: int) -> bytes:
         flip = 1 << index
         low = self._rng.getrandbits(index) if index else 0
@@ -1165,6 +1239,24 @@ class Core:
     # find the candidate (a newcomer, a neighbourhood still forming). Made on first use;
     # at most ``max_routes`` entries.
     _introducers: OrderedDict[bytes, str] | None = None
+    # Peers asked for our neighbourhood in this lookup round: when their answer is due, 0.0
+    # once it came. Made on first use; a few entries.
+    _asked: OrderedDict[bytes, float] | None = None
+
+    def _hint_via_introducer(self, peer_id: bytes, now: float) -> None:
+        """Make the next message to ``peer_id`` go through the linked peer that named it."""
+        introducers = self._introducers
+        via = None if introducers is None else introducers.get(peer_id)
+        if via is None or bytes.fromhex(via) not in self._table:
+            return
+        peer_hex = peer_id.hex()
+        routes = self._routes
+        known = routes.get(peer_hex)
+        if known is None or known[0] <= now or len(known[1]) > 2:
+            routes[peer_hex] = (now + self.config.route_ttl, [via, peer_hex])
+            routes.move_to_end(peer_hex)
+            if len(routes) > self.config.max_routes:
+                routes.popitem(last=False)
 
     def _populate(self, now: float) -> None:
         """Start connection attempts toward the links the population policy wants.

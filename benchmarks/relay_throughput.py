@@ -27,7 +27,8 @@ from peer_relay import PeerRelay
 
 async def run(messages: int, pings: int, signed: bool) -> dict[str, float]:
     opts = {} if signed else {"sign": False, "allow_unsigned": True}
-    async with PeerRelay(port=0, host="127.0.0.1", **opts) as c2:  # type: ignore[arg-type]
+    # The inner peers need c2.url, so the blocks cannot be merged.
+    async with PeerRelay(port=0, host="127.0.0.1", **opts) as c2:  # type: ignore[arg-type]  # noqa: SIM117
         async with (
             PeerRelay(bootstrap=[c2.url or ""], **opts) as c1,  # type: ignore[arg-type]
             PeerRelay(bootstrap=[c2.url or ""], **opts) as c3,  # type: ignore[arg-type]

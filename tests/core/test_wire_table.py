@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import orjson
@@ -93,10 +94,8 @@ def test_parse_envelope_reasons(overrides: dict[str, object], reason: str) -> No
     )
 )
 def test_parse_envelope_never_raises_anything_else(obj: object) -> None:
-    try:
+    with contextlib.suppress(WireError):
         wire.parse_envelope(obj)
-    except WireError:
-        pass
 
 
 @pytest.mark.parametrize(

@@ -902,7 +902,7 @@ class Core:
         introducers = self._introducers
         if introducers is None:
             introducers = self._introducers = OrderedDict()
-        limit = self.config.max_routes
+        limit = _INTRODUCERS_PER_K * self.config.k
         linked = {link.peer_hex for link in self._open}
         linked.add(self.hex)
         add = self._candidates.add
@@ -1236,8 +1236,8 @@ class Core:
 
     # Who listed each candidate in a foundPeers (its hex id). An offer to the candidate travels
     # through that peer as a route hint, so it arrives even where greedy routing cannot yet
-    # find the candidate (a newcomer, a neighbourhood still forming). Made on first use;
-    # at most ``max_routes`` entries.
+    # find the candidate (a newcomer, a neighbourhood still forming). Made on first use; the
+    # 4 * k most recent only (an introducer matters while the news is fresh).
     _introducers: OrderedDict[bytes, str] | None = None
     # Peers asked for our neighbourhood in this lookup round: when their answer is due, 0.0
     # once it came. Made on first use; a few entries.
@@ -1415,6 +1415,8 @@ class Core:
 
 _NEAR_MARGIN = 1
 """Buckets past the farthest near link still counted as our neighbourhood by eviction."""
+_INTRODUCERS_PER_K = 4
+"""Introducers remembered, per ``k``."""
 _QUIET_ROUNDS = 4
 """While the near links stay the same, a lookup round runs every this many refreshes."""
 _REJOIN_PERIOD = 600.0

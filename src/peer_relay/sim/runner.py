@@ -17,6 +17,7 @@ join in the same order and the same messages sent between the same pairs (when n
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import math
 import random
@@ -97,10 +98,10 @@ class SimParams:
     keepalive: tuple[float, float] = (20.0, 40.0)
     """Range of seconds after which a silent (crashed) link is noticed and closed."""
     settle_window: float = 5.0
-    settle_quiet: float = 0.002
-    """Settled once fewer than this share of the peers opened a link in one window."""
+    settle_quiet: float = 0.005
+    """Settled once fewer links than this share of the peers opened in one window."""
     settle_min: float = 0.0
-    settle_max: float = 300.0
+    settle_max: float = 120.0
     drain: float = 15.0
     target_min_age: float = 10.0
     """Messages go between peers that joined at least this many seconds before."""
@@ -235,7 +236,21 @@ def bound_sizes(node: SimNode) -> dict[str, tuple[int, int]]:
 
 
 def run_simulation(params: SimParams, progress: Progress | None = None) -> SimReport:
-    """Run the experiment ``params`` describes and measure it. See the module docstring."""
+    """Run the experiment ``params`` describes and measure it. See the module docstring.
+
+    The cyclic garbage collector is paused meanwhile: the cores make next to no cycles, and
+    with millions of live objects its passes cost a sixth of the time (a fifth at 10,000 peers).
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(params, progress)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run(params: SimParams, progress: Progress | None) -> SimReport:
     p = params
     if p.nodes < 2:
         raise ValueError("a simulation needs at least 2 nodes")

@@ -1,0 +1,108 @@
+"""How the simulator and our routing hold up at scale: 10,000 peers (and optionally 100,000).
+
+Runs, each in its own process so that its peak memory is its own:
+
+- ``spread`` at 1,000 and 10,000 peers, static: delivery, hops, frames, links, settle time,
+  wall time and peak memory (the goal: 10,000 peers and 10,000 messages within 2 minutes and
+  4 GiB);
+- ``spread`` at 10,000 peers with 10% of the peers replaced while messages flow;
+- ``original`` (0.0.2's policy) at 1,000 peers, for comparison;
+- with ``--huge``, ``spread`` at 100,000 peers (long: it shows that it runs).
+
+Usage: ``python benchmarks/sim_scale.py [--quick] [--huge] [--json FILE]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+
+from peer_relay.sim.cli import run_isolated
+from peer_relay.sim.runner import SimParams, SimReport
+
+ROWS = (
+    "strategy",
+    "peers",
+    "churn",
+    "delivery",
+    "hops mean/p50/p99/max",
+    "frames/deliv",
+    "links/peer",
+    "settle",
+    "wall",
+    "peak RSS",
+)
+
+
+def scenarios(quick: bool, huge: bool) -> list[SimParams]:
+    """The runs, smallest first."""
+    static = SimParams(nodes=1000, messages=10_000, message_rate=1000.0)
+    churn = SimParams(nodes=1000, messages=10_000, message_rate=100.0, churn=0.1)
+    runs = [
+        static,
+        replace(static, strategy="original"),
+        churn,
+    ]
+    if not quick:
+        runs += [replace(static, nodes=10_000), replace(churn, nodes=10_000)]
+    if huge:
+        runs.append(replace(static, nodes=100_000, messages=10_000, settle_max=120.0))
+    return runs
+
+
+def row(r: SimReport) -> list[str]:
+    """One line of the table."""
+    p = r.params
+    return [
+        p["strategy"],
+        str(p["nodes"]),
+        f"{p['churn']:.0%}",
+        f"{r.delivery_ratio:.2%}",
+        f"{r.hops_mean:.2f}/{r.hops_p50}/{r.hops_p99}/{r.hops_max}",
+        f"{r.frames_per_delivered:.2f}",
+        f"{r.links_mean:.1f}",
+        f"{r.settle_time:.0f} s",
+        f"{r.wall_time:.0f} s",
+        f"{r.max_rss_mib:.0f} MiB",
+    ]
+
+
+def progress(phase: str, done: float, total: float, virtual: float) -> None:
+    """A status line on stderr."""
+    what = f"settling {done:.0f}s" if phase == "settle" else f"{phase} {done:.0f}/{total:.0f}"
+    sys.stderr.write(f"\r  {what} | virtual {virtual:.0f}s".ljust(60))
+    sys.stderr.flush()
+
+
+def main() -> int:
+    """Run the scenarios and print a table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="1,000 peers only")
+    parser.add_argument("--huge", action="store_true", help="also 100,000 peers (long)")
+    parser.add_argument("--json", metavar="FILE", help="also write every report as JSON")
+    args = parser.parse_args()
+    reports: list[SimReport] = []
+    widths = [len(name) for name in ROWS]
+    print("  ".join(name.ljust(w) for name, w in zip(ROWS, widths, strict=True)), flush=True)
+    for params in scenarios(args.quick, args.huge):
+        sys.stderr.write(f"{params.strategy} {params.nodes} peers, churn {params.churn:.0%}\n")
+        start = time.perf_counter()
+        report = run_isolated(params, progress)
+        sys.stderr.write(f"\r  done in {time.perf_counter() - start:.0f} s".ljust(60) + "\n")
+        reports.append(report)
+        cells = row(report)
+        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
+        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
+        if report.drops:
+            print(f"    drops: {report.drops}", flush=True)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump([r.as_dict() for r in reports], out, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

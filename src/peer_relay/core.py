@@ -79,6 +79,10 @@ class Config:
     max_undialable: int = 1024
     redundancy: int = 1
     """How many next hops each message is forwarded to."""
+    churn_redundancy: int = 2
+    """Copies of a message we originate (on our best links, when it has no route hint) for
+    ``churn_window`` seconds after peers failed to answer us: a dead relay loses one copy only."""
+    churn_window: float = 60.0
     detour: bool = True
     """Forward even when no link is closer to the target than we are (else drop: no route)."""
     require_auth: bool = True
@@ -724,6 +728,9 @@ class Core:
                 return [hinted]
         target = int(to_hex, 16)
         redundancy = self.config.redundancy
+        if self._churny and route is None and type(path) is tuple:
+            # A message we send, while links fail around us: copies on our best links.
+            redundancy = max(redundancy, self.config.churn_redundancy)
         if redundancy == 1:
             best: _Link | None = None
             best_d = -1
@@ -907,10 +914,19 @@ class Core:
         linked.add(self.hex)
         add = self._candidates.add
         for entry in payload[: self.config.k]:
-            hex_id = hex_from_wire(entry)
-            if hex_id is None or hex_id in linked:
+            if type(entry) is str and len(entry) == 40 and entry.islower():
+                hex_id = entry  # the common case, as our peers and 0.0.2 write ids
+                try:
+                    peer_id = bytes.fromhex(entry)
+                except ValueError:
+                    continue
+            else:
+                parsed = hex_from_wire(entry)
+                if parsed is None:
+                    continue
+                hex_id, peer_id = parsed, bytes.fromhex(parsed)
+            if hex_id in linked:
                 continue
-            peer_id = bytes.fromhex(hex_id)
             add(peer_id, now, replace_oldest=True)
             if introducer is not None and introducer != hex_id:
                 introducers[peer_id] = introducer
@@ -1145,6 +1161,8 @@ class Core:
     _rejoin_until = float("-inf")
     _rejoin_at = float("-inf")
     _rejoin_delay = 0.0
+    _churn_until = float("-inf")
+    _churny = False
 
     def _refresh(self, now: float) -> None:
         """Periodic discovery and repair.
@@ -1162,6 +1180,7 @@ class Core:
                 self._originate(near_link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
             self._populate(now)
             return
+        self._note_losses(now)
         self._rejoin(now)
         if not self._open:
             return
@@ -1193,6 +1212,25 @@ class Core:
             if via:
                 self._originate(via[0].peer_hex, wire.FIND_PEERS, target.hex(), True, now)
         self._populate(now)
+
+    def _note_losses(self, now: float) -> None:
+        """Whether peers fail around us lately (for ``churn_redundancy``).
+
+        The sign: since the last refresh, an attempt or a lookup question went unanswered.
+        (Links that close are no sign: most close because a peer evicted us to make room.)
+        """
+        cfg = self.config
+        failed = False
+        threshold = self._refreshed_at + 4 * cfg.refresh_interval
+        for until in reversed(self._undialable.values()):
+            failed = until > threshold
+            break
+        asked = self._asked
+        if not failed and asked is not None:
+            failed = any(0.0 < due <= now for due in asked.values())
+        if failed:
+            self._churn_until = now + cfg.churn_window
+        self._churny = now < self._churn_until
 
     def _rejoin(self, now: float) -> None:
         """Redial the bootstrap peers, backing off, for a while when cut off.
@@ -1406,11 +1444,12 @@ class Core:
             if best_key is None or key > best_key:
                 best, best_key = link, key
         if best_key is None or best_key[0] or new_near:
-            return best
-        attempt = self._connecting.get(newcomer)
-        if attempt is not None:
-            return best if attempt.user else None
-        return None if newcomer in self._answered else best
+            victim = best
+        elif newcomer in self._connecting:
+            victim = best if self._connecting[newcomer].user else None
+        else:
+            victim = None if newcomer in self._answered else best
+        return victim
 
 
 _NEAR_MARGIN = 1

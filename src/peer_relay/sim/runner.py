@@ -3,9 +3,11 @@
 :func:`run_simulation` takes :class:`SimParams` and returns a :class:`SimReport`. A run has four
 phases on the virtual clock:
 
-1. **join**: peers arrive one by one (a Poisson process of rate ``join_rate``); each bootstraps to
-   one random peer already there, exactly as a live peer dials a bootstrap URL;
-2. **settle**: nothing happens but the peers' own maintenance, until link changes die down;
+1. **join**: peers arrive one by one (a Poisson process whose rate grows with the network:
+   ``join_growth`` per peer already there, between ``join_rate`` and ``join_max_rate``); each
+   bootstraps to one random peer already there, exactly as a live peer dials a bootstrap URL;
+2. **settle**: nothing happens but the peers' own maintenance, until link openings die down
+   (or ``settle_max`` passes);
 3. **messages**: ``messages`` user messages between random peers (a Poisson process of rate
    ``message_rate``), while ``churn`` of the peers are replaced (some crash, the rest leave);
 4. **drain**: a few seconds for the last messages to land.
@@ -102,6 +104,8 @@ class SimParams:
     """Settled once fewer links than this share of the peers opened in one window."""
     settle_min: float = 0.0
     settle_max: float = 120.0
+    """Messages start once the network is quiet, or after this many seconds (the time to
+    settle is still measured, until the end of the run)."""
     drain: float = 15.0
     target_min_age: float = 10.0
     """Messages go between peers that joined at least this many seconds before."""
@@ -166,6 +170,42 @@ class SimReport:
         out = asdict(self)
         out["hop_histogram"] = {str(k): v for k, v in self.hop_histogram.items()}
         return out
+
+
+class _QuietWatch:
+    """Notes when, after the last join, fewer than ``settle_quiet`` x peers links open per window.
+
+    It ticks on the virtual clock, from the end of the join phase to the end of the run, so the
+    time to settle is measured even when messages start before the network is quiet.
+    """
+
+    def __init__(self, net: SimNetwork, alive: _Alive, p: SimParams) -> None:
+        self.net = net
+        self.alive = alive
+        self.window = p.settle_window
+        self.quiet = max(1.0, p.settle_quiet * len(alive))
+        self.min_at = net.now + p.settle_min
+        self.quiet_at: float | None = None
+        self.opened = self._opened()
+        self.running = True
+        net.at(self.window, self._tick)
+
+    def _opened(self) -> int:
+        return sum(n.core.stats.links_opened for n in self.alive.items)
+
+    def _tick(self) -> None:
+        if not self.running or self.quiet_at is not None:
+            return
+        opened = self._opened()
+        # Each link opens at both ends: count links, not ends.
+        if (opened - self.opened) / 2 < self.quiet and self.net.now >= self.min_at:
+            self.quiet_at = self.net.now
+            return
+        self.opened = opened
+        self.net.at(self.window, self._tick)
+
+    def stop(self) -> None:
+        self.running = False
 
 
 class _Message:
@@ -312,21 +352,12 @@ def _run(params: SimParams, progress: Progress | None) -> SimReport:
     report("join", p.nodes, p.nodes)
     wall_join = time.perf_counter()
 
-    # -- 2. settle
+    # -- 2. settle (and keep watching for quiet while messages flow)
     joined_at = net.now
-    opened = sum(n.core.stats.links_opened for n in alive.items)
-    quiet = max(1.0, p.settle_quiet * len(alive))
-    settled = False
-    while net.now - joined_at < p.settle_max:
+    watch = _QuietWatch(net, alive, p)
+    while net.now - joined_at < p.settle_max and watch.quiet_at is None:
         net.run(p.settle_window)
-        now_opened = sum(n.core.stats.links_opened for n in alive.items)
         report("settle", net.now - joined_at, p.settle_max)
-        # Each link opens at both ends: count links, not ends.
-        if (now_opened - opened) / 2 < quiet and net.now - joined_at >= p.settle_min:
-            settled = True
-            break
-        opened = now_opened
-    settle_time = net.now - joined_at
     wall_settle = time.perf_counter()
 
     # -- 3. messages, with churn
@@ -379,6 +410,9 @@ def _run(params: SimParams, progress: Progress | None) -> SimReport:
     report("messages", len(schedule), len(schedule))
     net.run(p.drain)
     net.count_user = False
+    watch.stop()
+    settled = watch.quiet_at is not None
+    settle_time = (net.now if watch.quiet_at is None else watch.quiet_at) - joined_at
     wall_messages = time.perf_counter()
 
     # -- measure

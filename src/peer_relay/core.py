@@ -82,7 +82,7 @@ class Config:
     churn_redundancy: int = 2
     """Copies of a message we originate (on our best links, when it has no route hint) for
     ``churn_window`` seconds after peers failed to answer us: a dead relay loses one copy only."""
-    churn_window: float = 60.0
+    churn_window: float = 30.0
     detour: bool = True
     """Forward even when no link is closer to the target than we are (else drop: no route)."""
     require_auth: bool = True
@@ -1235,11 +1235,12 @@ class Core:
     def _rejoin(self, now: float) -> None:
         """Redial the bootstrap peers, backing off, for a while when cut off.
 
-        Two signs, both with attempts to other peers timing out since the last refresh: a third
-        of our links closed at once (a partition: once it heals, nothing on our side links to
-        the other, routing cannot cross, only a dial can, and a bootstrap URL is the one address
-        we have), or fewer links than near neighbours wanted (newcomers that linked only to each
-        other, say, when their bootstrap peer let them go).
+        Signs: no link and no dial under way (the bootstrap dial failed); or, with attempts to
+        other peers timing out since the last refresh, a third of our links closed at once (a
+        partition: once it heals, nothing on our side links to the other, routing cannot
+        cross, only a dial can, and a bootstrap URL is the one address we have), or fewer links
+        than near neighbours wanted (newcomers that linked only to each other, say, when their
+        bootstrap peer let them go).
         """
         cfg = self.config
         closed = self.stats.links_closed
@@ -1248,7 +1249,13 @@ class Core:
         since = self._refreshed_at
         self._refreshed_at = now
         count = len(self._open)
-        if self._bootstrap and (count < cfg.near_count or (lost >= 3 and 3 * lost >= count + lost)):
+        if not self._bootstrap or now < self._rejoin_until:
+            start = False
+        elif not count and not self._pending_links():
+            # No link, and none coming: the bootstrap dial failed (the redial after losing
+            # every link only follows a link that was open).
+            start = True
+        elif count < cfg.near_count or (lost >= 3 and 3 * lost >= count + lost):
             # Attempts that failed since the last refresh carry an expiry past this threshold.
             threshold = since + 4 * cfg.refresh_interval
             failed = 0
@@ -1256,10 +1263,13 @@ class Core:
                 if until <= threshold:
                     break
                 failed += 1
-            if failed >= 2 and now >= self._rejoin_until:
-                self._rejoin_until = now + _REJOIN_PERIOD
-                self._rejoin_at = now
-                self._rejoin_delay = cfg.refresh_interval
+            start = failed >= 2
+        else:
+            start = False
+        if start:
+            self._rejoin_until = now + _REJOIN_PERIOD
+            self._rejoin_at = now
+            self._rejoin_delay = cfg.refresh_interval
         if now < self._rejoin_until and now >= self._rejoin_at:
             self._rejoin_at = now + self._rejoin_delay
             self._rejoin_delay *= 2

@@ -178,6 +178,20 @@ def test_partition_then_heal() -> None:
     assert _burst(net, got, [(rng.choice(a), rng.choice(b)) for _ in range(200)], "healed") >= 0.99
 
 
+def test_failed_bootstrap_dial_is_retried() -> None:
+    net = SimNetwork(seed=4)
+    hub = net.add_node()
+    others = [net.add_node(bootstrap=[hub]) for _ in range(5)]
+    net.run(5)
+    net.partition([[hub, *others]])  # a newcomer is in no group: cut off from them
+    newcomer = net.add_node(bootstrap=[hub])
+    net.run(30)
+    assert not newcomer.core.peers
+    net.heal()
+    net.run(120)
+    assert hub.id in newcomer.core.peers
+
+
 def test_crash_is_noticed_after_keepalive_and_leave_at_once() -> None:
     net = SimNetwork(seed=2)
     closed: list[tuple[int, float, str]] = []

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="share of leaving peers that crash without a goodbye (default 0.5)",
     )
-    parser.add_argument("--loss", type=float, default=0.0, metavar="P", help="frame loss (0..1)")
+    parser.add_argument(
+        "--loss", type=float, default=0.0, metavar="P", help="envelope loss per link (0..1)"
+    )
     parser.add_argument("--links", type=int, default=None, metavar="K", help="most links per peer")
     parser.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     parser.add_argument(

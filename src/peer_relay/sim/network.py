@@ -38,6 +38,10 @@ EPOCH = 1_700_000_000.0
 USER_MARK = b'"type":"user"'
 """Bytes every frame of a ``user`` message holds (canonical JSON has no spaces)."""
 
+_HANDSHAKE = (b'{"type":"Buffer"', b'{"pr":')
+"""How link hellos and proofs start: ``loss`` spares them (a stream does not lose its first
+frames and keep the rest; a lost handshake is a failed dial, which the model has already)."""
+
 Draw = Callable[[random.Random], float]
 """A distribution: draws one value from the network's random source."""
 
@@ -124,6 +128,7 @@ class SimNetwork:
         self.now = EPOCH
         self.latency = latency or lognormal_latency()
         self.loss = loss
+        """Probability that an envelope frame is lost on its link."""
         self.real_crypto = real_crypto
         self.keep_inbox = keep_inbox
         self.keepalive = keepalive or uniform_delay(20.0, 40.0)
@@ -325,7 +330,7 @@ class SimNetwork:
         if self.count_user and USER_MARK in frame:
             self.user_frames += 1
         if (self.partition_of and self._cut(node, peer)) or (
-            self.loss and self.rng.random() < self.loss
+            self.loss and not frame.startswith(_HANDSHAKE) and self.rng.random() < self.loss
         ):
             self.frames_lost += 1
             return

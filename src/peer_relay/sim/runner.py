@@ -84,7 +84,7 @@ class SimParams:
     crash_share: float = 0.5
     """Share of the leaving peers that crash without a goodbye (the rest close their links)."""
     loss: float = 0.0
-    """Probability that a frame is lost on its link."""
+    """Probability that an envelope frame is lost on its link (link handshakes are spared)."""
     join_growth: float = 0.05
     """Peers arriving per virtual second during the join phase, per peer already there: the
     network grows by this share a second (doubles every ``ln 2 / join_growth`` seconds), so

@@ -23,7 +23,7 @@ SETTINGS: dict[str, Any] = {"max_links": 6, "refresh_interval": 3.0}
 HOPS_TOLERANCE = 0.5
 
 
-async def _settled(nodes: list[PeerRelay], quiet: float = 2.0, timeout: float = 30.0) -> None:
+async def _settled(nodes: list[PeerRelay], quiet: float = 2.0, timeout: float = 60.0) -> None:
     """Wait until no link has opened or closed anywhere for ``quiet`` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

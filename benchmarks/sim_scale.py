@@ -5,11 +5,13 @@ Runs, each in its own process so that its peak memory is its own:
 - ``spread`` at 1,000 and 10,000 peers, static: delivery, hops, frames, links, settle time,
   wall time and peak memory (the goal: 10,000 peers and 10,000 messages within 2 minutes and
   4 GiB);
-- ``spread`` at 10,000 peers with 10% of the peers replaced while messages flow;
-- ``original`` (0.0.2's policy) at 1,000 peers, for comparison;
+- ``spread`` at 10,000 peers with 10% of the peers replaced while messages flow, with the
+  websockets keepalive (20-40 s to notice a silent peer) and a faster one (5-10 s);
+- ``original`` (0.0.2's policy) at 1,000 peers, static and churning, for comparison (and at
+  10,000 with ``--original-10k``);
 - with ``--huge``, ``spread`` at 100,000 peers (long: it shows that it runs).
 
-Usage: ``python benchmarks/sim_scale.py [--quick] [--huge] [--json FILE]``.
+Usage: ``python benchmarks/sim_scale.py [--quick] [--huge] [--original-10k] [--json FILE]``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ ROWS = (
     "strategy",
     "peers",
     "churn",
+    "keepalive",
     "delivery",
     "hops mean/p50/p99/max",
     "frames/deliv",
@@ -37,19 +40,33 @@ ROWS = (
 )
 
 
-def scenarios(quick: bool, huge: bool) -> list[SimParams]:
-    """The runs, smallest first."""
-    static = SimParams(nodes=1000, messages=10_000, message_rate=1000.0)
-    churn = SimParams(nodes=1000, messages=10_000, message_rate=100.0, churn=0.1)
+def scenarios(quick: bool, huge: bool, original_10k: bool) -> list[SimParams]:
+    """The runs, smallest first.
+
+    Static runs send 10,000 messages at 1,000/s; churn runs at 100/s, so that 10% of the peers
+    are replaced over 100 virtual seconds (half of them crash silently and are noticed after a
+    20-40 s keepalive, or 5-10 s in the "fast keepalive" run).
+    """
+    static = SimParams(nodes=1000, messages=10_000, message_rate=1000.0, settle_max=30.0)
+    churn = replace(static, message_rate=100.0, churn=0.1)
     runs = [
         static,
         replace(static, strategy="original"),
         churn,
+        replace(churn, strategy="original"),
     ]
     if not quick:
-        runs += [replace(static, nodes=10_000), replace(churn, nodes=10_000)]
+        runs += [
+            replace(static, nodes=10_000),
+            replace(churn, nodes=10_000),
+            replace(churn, nodes=10_000, keepalive=(5.0, 10.0)),
+        ]
+        if original_10k:
+            runs.append(replace(static, nodes=10_000, strategy="original"))
     if huge:
-        runs.append(replace(static, nodes=100_000, messages=10_000, settle_max=120.0))
+        runs.append(
+            replace(static, nodes=100_000, messages=2000, settle_max=10.0, join_max_rate=200.0)
+        )
     return runs
 
 
@@ -60,6 +77,7 @@ def row(r: SimReport) -> list[str]:
         p["strategy"],
         str(p["nodes"]),
         f"{p['churn']:.0%}",
+        "{:.0f}-{:.0f} s".format(*p["keepalive"]),
         f"{r.delivery_ratio:.2%}",
         f"{r.hops_mean:.2f}/{r.hops_p50}/{r.hops_p99}/{r.hops_max}",
         f"{r.frames_per_delivered:.2f}",
@@ -82,12 +100,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 peers only")
     parser.add_argument("--huge", action="store_true", help="also 100,000 peers (long)")
+    parser.add_argument(
+        "--original-10k", action="store_true", help="also 0.0.2's policy at 10,000 peers"
+    )
     parser.add_argument("--json", metavar="FILE", help="also write every report as JSON")
     args = parser.parse_args()
     reports: list[SimReport] = []
     widths = [len(name) for name in ROWS]
     print("  ".join(name.ljust(w) for name, w in zip(ROWS, widths, strict=True)), flush=True)
-    for params in scenarios(args.quick, args.huge):
+    for params in scenarios(args.quick, args.huge, args.original_10k):
         sys.stderr.write(f"{params.strategy} {params.nodes} peers, churn {params.churn:.0%}\n")
         start = time.perf_counter()
         report = run_isolated(params, progress)

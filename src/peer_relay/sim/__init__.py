@@ -1,5 +1,32 @@
-"""The simulator: many real cores in one process, on a virtual clock with seeded randomness."""
+"""The simulator: many real cores in one process, on a virtual clock with seeded randomness.
 
-from .network import EPOCH, FastSigner, SimNetwork, SimNode, fast_verify, lognormal_latency
+- :class:`SimNetwork` runs cores and carries their frames (latency, loss, crashes, partitions);
+- :func:`run_simulation` runs one experiment (join, settle, messages with churn) and measures it;
+- :func:`peer_relay.sim.cli.main` is ``peer-relay simulate``.
+"""
 
-__all__ = ["EPOCH", "FastSigner", "SimNetwork", "SimNode", "fast_verify", "lognormal_latency"]
+from .network import (
+    EPOCH,
+    FastSigner,
+    SimNetwork,
+    SimNode,
+    fast_verify,
+    lognormal_latency,
+    uniform_delay,
+)
+from .runner import STRATEGIES, SimParams, SimReport, run_simulation, strategy_config
+
+__all__ = [
+    "EPOCH",
+    "STRATEGIES",
+    "FastSigner",
+    "SimNetwork",
+    "SimNode",
+    "SimParams",
+    "SimReport",
+    "fast_verify",
+    "lognormal_latency",
+    "run_simulation",
+    "strategy_config",
+    "uniform_delay",
+]

@@ -79,9 +79,10 @@ class Config:
     max_undialable: int = 1024
     redundancy: int = 1
     """How many next hops each message is forwarded to."""
-    churn_redundancy: int = 2
+    churn_redundancy: int = 1
     """Copies of a message we originate (on our best links, when it has no route hint) for
-    ``churn_window`` seconds after peers failed to answer us: a dead relay loses one copy only."""
+    ``churn_window`` seconds after peers failed to answer us. One: confirmation (see
+    ``confirm_timeout``) already re-routes what a dead relay swallowed."""
     churn_window: float = 30.0
     detour: bool = True
     """Forward even when no link is closer to the target than we are (else drop: no route)."""
@@ -103,6 +104,12 @@ class Config:
     max_strikes: int = 8
     """Malformed frames tolerated from one link per ``strike_window`` before it is closed."""
     strike_window: float = 60.0
+    confirm_timeout: float = 3.0
+    """Seconds a peer of ours has to answer the ping that follows user messages we send it.
+    Past that the link is taken for dead (a crashed peer stays silent until the transport's
+    keepalive notices, tens of seconds later), closed, and the messages go another way."""
+    max_unconfirmed: int = 64
+    """Most user messages per link kept for re-routing until the remote confirms them."""
     control_rate: float = 50.0
     """Discovery and handshake requests answered per second (burst: twice that)."""
     bootstrap_retry: float = 5.0
@@ -157,6 +164,7 @@ _DIALING, _HELLO, _PROOF, _OPEN, _DRAINING = range(5)
 class _Link:
     __slots__ = (
         "authenticated",
+        "awaiting",
         "deadline",
         "expected",
         "handle",
@@ -166,6 +174,9 @@ class _Link:
         "peer_hex",
         "peer_id",
         "peer_int",
+        "pending",
+        "ping_due",
+        "ping_seq",
         "remote_key",
         "remote_nonce",
         "rtc_described",
@@ -191,6 +202,12 @@ class _Link:
         self.opened_at = 0.0
         self.strikes = 0
         self.rtc_described = False  # a WebRTC link that was handed the remote's description
+        # User messages sent on the link and not yet confirmed: those the outstanding ping
+        # (number ping_seq, due back by ping_due) covers, and those sent after it.
+        self.awaiting: list[bytes] = []
+        self.pending: list[bytes] = []
+        self.ping_seq = 0
+        self.ping_due = float("inf")
 
 
 @dataclass(slots=True)
@@ -239,7 +256,7 @@ class Core:
         self._replay_floor: tuple[int, str] = (-1, "")
         self._by_ts: list[tuple[int, str]] = []
         self._routes: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
-        self._queue: deque[tuple[str, bytes]] = deque()
+        self._queue: deque[tuple[str, bytes, bool]] = deque()
         self._bootstrap: list[str] = []
         self._bootstrap_at = float("inf")
         self._bootstrap_delay = cfg.bootstrap_retry
@@ -261,14 +278,21 @@ class Core:
         return None if self._closed else self._next_tick
 
     def handle_timer(self, now: float) -> None:
-        """Expire what has expired and run periodic maintenance."""
+        """Expire what has expired and run periodic maintenance.
+
+        It ticks every ``tick_interval`` while something waits on a deadline (a handshake, an
+        attempt, a ping, a draining link, strikes to forgive), else only at the next refresh:
+        an idle peer costs its host nothing between refreshes.
+        """
         if self._closed or now < self._next_tick:
             return
         cfg = self.config
-        self._next_tick = now + cfg.tick_interval
+        self._next_tick = float("inf")
         self._expire(now)
         for link in list(self._links.values()):
-            if link.state == _DRAINING and now >= link.deadline:
+            if link.ping_due <= now and link.state == _OPEN:
+                self._unresponsive(link, now)
+            elif link.state == _DRAINING and now >= link.deadline:
                 del self._links[link.handle]
             elif link.state != _OPEN and now >= link.deadline:
                 self._drop("handshake-timeout", str(link.handle))
@@ -284,6 +308,18 @@ class Core:
         if now >= self._next_refresh:
             self._next_refresh = now + cfg.refresh_interval * (0.75 + 0.5 * self._rng.random())
             self._refresh(now)
+        busy = bool(self._connecting) or any(
+            link.state != _OPEN or link.strikes or link.ping_due != float("inf")
+            for link in self._links.values()
+        )
+        after = now + cfg.tick_interval if busy else self._next_refresh
+        # Remembered message ids are forgotten within an eighth of their lifetime of expiring.
+        heads = [next(iter(self._seen.values()))] if self._seen else []
+        if self._delivered:
+            heads.append(next(iter(self._delivered.values()))[0])
+        for expiry in heads:
+            after = min(after, max(expiry, now + cfg.seen_ttl / 8))
+        self._next_tick = min(self._next_tick, after, max(self._bootstrap_at, now))
 
     def _expire(self, now: float) -> None:
         seen = self._seen
@@ -381,7 +417,7 @@ class Core:
 
     def link_accepted(self, now: float, transport: str = "ws") -> int:
         """An inbound connection arrived; returns its handle (already sent its hello)."""
-        handle = self._new_handle()
+        handle = self._new_handle(now)
         link = _Link(handle, False, transport, now + self.config.link_timeout)
         self._links[handle] = link
         if self._closed or self._pending_links() > self.config.max_pending_links:
@@ -410,7 +446,12 @@ class Core:
         """Link ``handle`` closed (or a dial failed) on the adapter's side."""
         link = self._links.get(handle)
         if link is not None:
+            # Messages the remote did not confirm may have died with it: they go another way
+            # (a copy that did arrive is dropped as a duplicate by its destination).
+            unconfirmed = link.awaiting + link.pending if link.state == _OPEN else []
             self._forget(link, reason, now)
+            for frame in unconfirmed:
+                self._reroute(frame, now)
 
     def frame_received(self, handle: int, frame: bytes | str, now: float) -> None:
         """One frame arrived on link ``handle``."""
@@ -424,6 +465,9 @@ class Core:
             obj = wire.loads(frame, self.config.max_frame)
             if link.state < _OPEN and link.transport != "webrtc":
                 self._link_frame(link, obj, now)
+                return
+            if type(obj) is dict and "pr" in obj and "to" not in obj:
+                self._link_control(link, obj, now)
                 return
             env = wire.parse_envelope(obj, self.config.max_hops)
         except WireError as exc:
@@ -447,7 +491,7 @@ class Core:
         seen[key] = now + self.config.seen_ttl
         if len(seen) > self.config.max_seen:
             seen.popitem(last=False)
-        self._forward(env)
+        self._forward(env, now)
 
     def frame_undeliverable(self, handle: int, frame: bytes, now: float) -> None:
         """The adapter could not send ``frame`` on link ``handle`` (closing, gone or full).
@@ -458,6 +502,11 @@ class Core:
         link = self._links.get(handle)
         if link is not None and link.state == _OPEN:
             self._close(link, "send failed", now)
+        self._reroute(frame, now)
+
+    def _reroute(self, frame: bytes, now: float) -> None:
+        """Send an envelope we already sent once on the best link left (a ping never came back,
+        or the link failed); anything that is not an envelope is dropped."""
         try:
             obj = wire.loads(frame, self.config.max_frame)
             env = wire.parse_envelope(obj, self.config.max_hops)
@@ -469,11 +518,63 @@ class Core:
             return
         self.stats.rerouted += 1
         self._send_frame(hops[0], frame)
+        if _is_user(obj):
+            self._confirm(hops[0], frame, now)
 
-    def _new_handle(self) -> int:
+    def _link_control(self, link: _Link, obj: dict[str, Any], now: float) -> None:
+        """A ping or pong of ours on an open link (see :meth:`_confirm`); raise WireError."""
+        if not link.authenticated:
+            raise WireError("not-envelope", "link control from a peer that is not ours")
+        kind, number = wire.parse_link_control(obj)
+        if kind == "ping":
+            self._send_frame(link, wire.link_control_frame("pong", number))
+        elif number == link.ping_seq and link.ping_due != float("inf"):
+            link.awaiting, link.pending = link.pending, []
+            if link.awaiting:
+                self._send_ping(link, now)
+            else:
+                link.ping_due = float("inf")
+
+    def _confirm(self, link: _Link, frame: bytes, now: float) -> None:
+        """Keep a user message just sent on ``link`` until a ping sent after it comes back.
+
+        Links are ordered streams, so a pong vouches for everything sent before its ping. One
+        ping is out per link at a time; messages sent meanwhile wait for the next one. Only our
+        peers answer pings (0.0.2 would take one for a malformed envelope).
+        """
+        if not link.authenticated or link.state != _OPEN:
+            return
+        if link.ping_due == float("inf"):
+            link.awaiting.append(frame)
+            self._send_ping(link, now)
+        elif len(link.awaiting) + len(link.pending) < self.config.max_unconfirmed:
+            link.pending.append(frame)
+
+    def _send_ping(self, link: _Link, now: float) -> None:
+        link.ping_seq += 1
+        link.ping_due = now + self.config.confirm_timeout
+        self._wake(now)
+        self._send_frame(link, wire.link_control_frame("ping", link.ping_seq))
+
+    def _unresponsive(self, link: _Link, now: float) -> None:
+        """The remote did not answer a ping in time: close the link, re-route what it held."""
+        self._drop("unresponsive", link.peer_hex)
+        frames = link.awaiting + link.pending
+        self._close(link, "unresponsive", now)
+        for frame in frames:
+            self._reroute(frame, now)
+
+    def _new_handle(self, now: float) -> int:
         handle = self._next_handle
         self._next_handle += 1
+        self._wake(now)  # its handshake has a deadline
         return handle
+
+    def _wake(self, now: float) -> None:
+        """Something waits on a deadline now: tick within ``tick_interval``."""
+        at = now + self.config.tick_interval
+        if at < self._next_tick:
+            self._next_tick = at
 
     def _pending_links(self) -> int:
         return len(self._links) - len(self._open)
@@ -482,7 +583,7 @@ class Core:
         if self._closed or self._pending_links() >= self.config.max_pending_links:
             self._drop("too-many-pending", url)
             return
-        handle = self._new_handle()
+        handle = self._new_handle(now)
         link = _Link(handle, True, "ws", now + self.config.link_timeout)
         link.expected = expected
         self._links[handle] = link
@@ -591,10 +692,14 @@ class Core:
         if attempt is not None and attempt.user:
             self._events.append(ConnectResult(peer_id, True, "linked"))
         _log.debug("%s linked %s over %s", short(self.hex), short(peer_id), link.transport)
-        self._originate(link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
+        if link.outbound or cfg.strategy != "spread" or len(self._open) <= cfg.near_count:
+            # Ask the new link for its links nearest us, as 0.0.2 does on every link. ``spread``
+            # asks on the links it dialled (it wanted them) and while it has few: a peer that
+            # dialled us is mostly a newcomer that knows less than we do.
+            self._originate(link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
         while self._queue:
-            to_hex, frame = self._queue.popleft()
-            self._route_new(to_hex, frame)
+            to_hex, frame, confirm = self._queue.popleft()
+            self._route_new(to_hex, frame, confirm, now)
 
     def _close(self, link: _Link, reason: str, now: float) -> None:
         """Close a link we decided to close; an open one drains until the adapter reports it."""
@@ -607,12 +712,14 @@ class Core:
             link.state = _DRAINING
             link.deadline = now + self.config.link_timeout
             self._links[link.handle] = link
+            self._wake(now)
 
     def _forget(self, link: _Link, reason: str, now: float) -> None:
         del self._links[link.handle]
         if link.state == _DRAINING:
             return
         if link.state == _OPEN:
+            link.awaiting, link.pending, link.ping_due = [], [], float("inf")
             self._open.remove(link)
             self._table.remove(link.peer_id)
             self.stats.links_closed += 1
@@ -620,6 +727,7 @@ class Core:
             _log.debug("%s unlinked %s: %s", short(self.hex), short(link.peer_id), reason)
             if not self._open and self._bootstrap and not self._closed:
                 self._bootstrap_at = min(self._bootstrap_at, now + self._bootstrap_delay)
+                self._next_tick = min(self._next_tick, self._bootstrap_at)
         else:
             if reason not in ("shutdown",):
                 _log.debug("%s link %d failed: %s", short(self.hex), link.handle, reason)
@@ -635,6 +743,7 @@ class Core:
             self._close(link, f"bad-handshake: {exc.reason}", now)
             return
         link.strikes += 1
+        self._wake(now)
         if link.strikes >= self.config.max_strikes:
             self._close(link, "misbehaving", now)
 
@@ -681,19 +790,21 @@ class Core:
             if len(self._queue) >= self.config.max_queue:
                 self._drop("queue-full", to_hex)
             else:
-                self._queue.append((to_hex, frame))
+                self._queue.append((to_hex, frame, kind == wire.USER))
             return
-        self._route_new(to_hex, frame)
+        self._route_new(to_hex, frame, kind == wire.USER, now)
 
-    def _route_new(self, to_hex: str, frame: bytes) -> None:
+    def _route_new(self, to_hex: str, frame: bytes, confirm: bool, now: float) -> None:
         route = self._routes.get(to_hex)
         hops = self._next_hops(to_hex, (self.hex,), route[1] if route is not None else None)
         if not hops:
             self._drop("no-route", to_hex)
         for link in hops:
             self._send_frame(link, frame)
+            if confirm:
+                self._confirm(link, frame, now)
 
-    def _forward(self, env: Envelope) -> None:
+    def _forward(self, env: Envelope, now: float) -> None:
         if len(env.path) >= self.config.max_hops:
             self._drop("too-many-hops", env.nonce)
             return
@@ -710,8 +821,11 @@ class Core:
             return
         frame = wire.relay_frame(env, self.hex)
         self.stats.relayed += 1
+        confirm = _is_user(env.raw)
         for link in hops:
             self._send_frame(link, frame)
+            if confirm:
+                self._confirm(link, frame, now)
 
     def _next_hops(
         self, to_hex: str, path: list[str] | tuple[str, ...], route: Any = None
@@ -1043,7 +1157,7 @@ class Core:
             self._fail_attempt(sender, "unreachable", now)
 
     def _start_webrtc(self, peer_id: bytes, initiator: bool, now: float) -> int:
-        handle = self._new_handle()
+        handle = self._new_handle(now)
         link = _Link(handle, initiator, "webrtc", now + self.config.connect_timeout)
         link.expected = peer_id
         self._links[handle] = link
@@ -1131,6 +1245,7 @@ class Core:
 
     def _start_attempt(self, peer_id: bytes, now: float, *, user: bool) -> None:
         self._connecting[peer_id] = _Attempt(now + self.config.connect_timeout, user)
+        self._wake(now)
         offer = {"ws": self.url, "wrtc": self.config.webrtc}
         self._originate(peer_id.hex(), wire.HANDSHAKE_OFFER, offer, True, now)
 
@@ -1474,6 +1589,12 @@ _LOOKUP_PARALLEL = 2
 """Questions of a lookup round out at once."""
 _LOOKUP_TIMEOUT = 2.0
 """Seconds an unanswered lookup question holds back the dialling of near links."""
+
+
+def _is_user(envelope: dict[str, Any]) -> bool:
+    """Whether an envelope carries an application message (``data.type`` is ``user``)."""
+    data = envelope.get("data")
+    return type(data) is dict and data.get("type") == wire.USER
 
 
 def _half_bit(peer_int: int, index: int) -> int:

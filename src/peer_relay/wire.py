@@ -187,12 +187,55 @@ def canonical(value: Any) -> bytes:
     I-JSON excludes NaN and infinities, integers beyond +-(2**53 - 1), lone surrogates and
     non-string keys: values that JavaScript peers could not carry unchanged.
     """
+    if _plain(value):
+        try:
+            return _json.dumps_sorted(value)
+        except TypeError:  # a lone surrogate, or nesting orjson refuses: let rfc8785 judge
+            pass
     try:
         return rfc8785.dumps(value)
     except RecursionError:
         raise ValueError("data is nested too deeply") from None
     except (rfc8785.CanonicalizationError, TypeError) as exc:
         raise ValueError(f"data is not interoperable JSON: {exc}") from None
+
+
+_PLAIN_CONTAINERS: Final = 65_536
+
+
+def _plain(value: Any) -> bool:
+    """Whether compact JSON with sorted keys is already RFC 8785's form of ``value``.
+
+    True for strings, safe integers, booleans, null, and arrays and objects of those whose keys
+    are ASCII (where sorting by code point and by UTF-16 unit agree). Floats are not plain: only
+    RFC 8785 writes them as JavaScript does. Strings need no check: both escape alike.
+    """
+    stack = [value]
+    pop, push = stack.pop, stack.extend
+    safe = MAX_SAFE_INTEGER
+    containers = 0
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if -safe <= item <= safe:
+                continue
+            return False
+        containers += 1
+        if containers > _PLAIN_CONTAINERS:
+            return False  # huge, or a cycle: the slow path decides
+        if kind is list:
+            push(item)
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str or not key.isascii():
+                    return False
+            push(item.values())
+        else:
+            return False
+    return True
 
 
 def canonical_received(value: Any) -> tuple[bytes, Any]:
@@ -357,6 +400,21 @@ def link_proof_bytes(
 def proof_frame(signature: bytes) -> bytes:
     """The second frame on a link between two of our peers."""
     return _json.dumps({"pr": {"proof": b64encode(signature)}})
+
+
+def link_control_frame(kind: str, number: int) -> bytes:
+    """A ping (``kind`` "ping") or its answer ("pong") on a link between two of our peers."""
+    return _json.dumps({"pr": {kind: number}})
+
+
+def parse_link_control(obj: dict[str, Any]) -> tuple[str, int]:
+    """Decode a ping or pong frame to ``(kind, number)``; raise WireError."""
+    pr = obj.get("pr")
+    if type(pr) is dict and len(pr) == 1 and len(obj) == 1:
+        kind, number = next(iter(pr.items()))
+        if kind in ("ping", "pong") and type(number) is int and 0 <= number <= MAX_SAFE_INTEGER:
+            return kind, number
+    raise WireError("bad-link-control", "expected a ping or a pong")
 
 
 def parse_proof(obj: Any) -> bytes:

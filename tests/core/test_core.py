@@ -112,8 +112,9 @@ def test_messages_wait_for_a_first_link_in_a_bounded_queue() -> None:
     proof = remote.sign(wire.link_proof_bytes(hello_nonce, b"r" * 16, core.id, remote.id))
     core.frame_received(handle, wire.proof_frame(proof), T0)
     sent = [orjson.loads(e.frame) for e in core.events() if isinstance(e, SendFrame)]
-    users = [f["data"]["data"] for f in sent if f["data"]["type"] == "user"]
+    users = [f["data"]["data"] for f in sent if "to" in f and f["data"]["type"] == "user"]
     assert users == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert {"pr": {"ping": 1}} in sent  # the remote is ours: it is asked to confirm them
 
 
 def test_programmer_errors_raise_at_once() -> None:

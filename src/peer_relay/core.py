@@ -183,6 +183,7 @@ class _Link:
         "state",
         "strikes",
         "transport",
+        "url",
     )
 
     def __init__(self, handle: int, outbound: bool, transport: str, deadline: float) -> None:
@@ -202,6 +203,7 @@ class _Link:
         self.opened_at = 0.0
         self.strikes = 0
         self.rtc_described = False  # a WebRTC link that was handed the remote's description
+        self.url: str | None = None  # the URL we dialled
         # User messages sent on the link and not yet confirmed: those the outstanding ping
         # (number ping_seq, due back by ping_due) covers, and those sent after it.
         self.awaiting: list[bytes] = []
@@ -258,6 +260,7 @@ class Core:
         self._routes: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
         self._queue: deque[tuple[str, bytes, bool]] = deque()
         self._bootstrap: list[str] = []
+        self._bootstrap_ids: dict[str, bytes] = {}  # whom each bootstrap URL led to
         self._bootstrap_at = float("inf")
         self._bootstrap_delay = cfg.bootstrap_retry
         self._tokens = 2 * cfg.control_rate
@@ -586,6 +589,7 @@ class Core:
         handle = self._new_handle(now)
         link = _Link(handle, True, "ws", now + self.config.link_timeout)
         link.expected = expected
+        link.url = url
         self._links[handle] = link
         self._events.append(DialWebSocket(handle, url, expected))
 
@@ -685,6 +689,8 @@ class Core:
         self._candidates.add(peer_id, now, replace_oldest=True)
         self._undialable.pop(peer_id, None)
         self.stats.links_opened += 1
+        if link.url is not None and link.url in self._bootstrap:
+            self._bootstrap_ids[link.url] = peer_id
         self._bootstrap_at = float("inf")
         self._bootstrap_delay = cfg.bootstrap_retry
         self._events.append(PeerLinked(peer_id, link.transport, authenticated))
@@ -1276,6 +1282,8 @@ class Core:
     _rejoin_until = float("-inf")
     _rejoin_at = float("-inf")
     _rejoin_delay = 0.0
+    _island_at = float("-inf")
+    _island_delay = 0.0
     _churn_until = float("-inf")
     _churny = False
 
@@ -1297,6 +1305,7 @@ class Core:
             return
         self._note_losses(now)
         self._rejoin(now)
+        self._reach_out(now)
         if not self._open:
             return
         near = heapq.nsmallest(cfg.near_count, self._open, key=lambda link: link.peer_int ^ me)
@@ -1378,7 +1387,9 @@ class Core:
                 if until <= threshold:
                     break
                 failed += 1
-            start = failed >= 2
+            # Under-linked after a loss or a failure: a newcomer whose bootstrap peer let it go
+            # before it learnt anyone (its lookups then have nobody to ask).
+            start = failed >= 2 or (count < cfg.near_count and failed + lost >= 1)
         else:
             start = False
         if start:
@@ -1389,6 +1400,31 @@ class Core:
             self._rejoin_at = now + self._rejoin_delay
             self._rejoin_delay *= 2
             for url in self._bootstrap:
+                self._dial(url, None, now)
+
+    def _reach_out(self, now: float) -> None:
+        """Redial the bootstrap peers we are not linked to, backing off, while on an island.
+
+        The sign: we have room for links and know no one we could dial. Newcomers whose
+        bootstrap peer let them go before they learnt anyone else can end up linked only to
+        each other: their lookups then ask only each other, and greedy routing from outside
+        never finds them. (A network that small is all linked already: nothing to dial.)
+        """
+        cfg = self.config
+        if not self._bootstrap or not self._open or self._connecting:
+            return
+        if len(self._open) >= cfg.max_links - cfg.spare_links or any(
+            self._dialable(peer_id) for peer_id in self._candidates
+        ):
+            self._island_delay = 0.0
+            return
+        if now < self._island_at:
+            return
+        self._island_delay = min(2 * self._island_delay or cfg.refresh_interval, _REJOIN_PERIOD)
+        self._island_at = now + self._island_delay
+        for url in self._bootstrap:
+            known = self._bootstrap_ids.get(url)
+            if known is None or known not in self._table:
                 self._dial(url, None, now)
 
     def _random_id_in_bucket(self, index: int) -> bytes:

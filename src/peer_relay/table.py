@@ -28,7 +28,7 @@ class KBucketTable(Generic[V]):
         self.k = k
         # bucket index -> {id: value}; dicts keep touch order (oldest first).
         self._buckets: dict[int, dict[bytes, V]] = {}
-        self._size = 0
+        self._all: dict[bytes, V] = {}  # every entry, for lookups without the bucket math
 
     def bucket_of(self, peer_id: bytes) -> int:
         """Bucket index of ``peer_id`` (0 nearest .. 159 farthest; -1 for our own id)."""
@@ -46,39 +46,37 @@ class KBucketTable(Generic[V]):
         bucket = self._buckets.setdefault(index, {})
         if peer_id in bucket:
             del bucket[peer_id]
-            bucket[peer_id] = value
-            return True
-        if len(bucket) >= self.k:
+        elif len(bucket) >= self.k:
             if not replace_oldest:
                 return False
-            del bucket[next(iter(bucket))]
-            self._size -= 1
+            oldest = next(iter(bucket))
+            del bucket[oldest]
+            del self._all[oldest]
         bucket[peer_id] = value
-        self._size += 1
+        self._all[peer_id] = value
         return True
 
     def remove(self, peer_id: bytes) -> V | None:
         """Remove ``peer_id``; return its value, or None if it was not there."""
-        index = self.bucket_of(peer_id)
-        bucket = self._buckets.get(index)
-        if bucket is None or peer_id not in bucket:
+        if peer_id not in self._all:
             return None
+        index = self.bucket_of(peer_id)
+        bucket = self._buckets[index]
         value = bucket.pop(peer_id)
-        self._size -= 1
+        del self._all[peer_id]
         if not bucket:
             del self._buckets[index]
         return value
 
     def get(self, peer_id: bytes) -> V | None:
         """The value stored for ``peer_id``, or None."""
-        bucket = self._buckets.get(self.bucket_of(peer_id))
-        return None if bucket is None else bucket.get(peer_id)
+        return self._all.get(peer_id)
 
     def __contains__(self, peer_id: object) -> bool:
-        return isinstance(peer_id, bytes) and self.get(peer_id) is not None
+        return peer_id in self._all
 
     def __len__(self) -> int:
-        return self._size
+        return len(self._all)
 
     def __iter__(self) -> Iterator[bytes]:
         for bucket in list(self._buckets.values()):

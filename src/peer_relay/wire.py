@@ -322,13 +322,26 @@ class Auth:
     ts: int
 
 
+_keys: dict[str, bytes] = {}
+"""Keys decoded lately: a peer signs every message with the same one."""
+_MAX_KEYS: Final = 4096
+
+
 def parse_auth(value: Any) -> Auth:
     """Decode an envelope's ``auth`` member; raise WireError."""
     if type(value) is not dict:
         raise WireError("bad-auth", "auth is not an object")
-    key = b64decode(value.get("key"), 32)
-    if key is None:
+    text = value.get("key")
+    if type(text) is not str:
         raise WireError("bad-auth", "key is not 32 bytes of base64url")
+    key = _keys.get(text)
+    if key is None:
+        key = b64decode(text, 32)
+        if key is None:
+            raise WireError("bad-auth", "key is not 32 bytes of base64url")
+        if len(_keys) >= _MAX_KEYS:
+            _keys.clear()
+        _keys[text] = key
     sig = b64decode(value.get("sig"), 64)
     if sig is None:
         raise WireError("bad-signature", "sig is not 64 bytes of base64url")

@@ -120,7 +120,10 @@ def test_churn_with_crashes_keeps_delivering() -> None:
     # A fifth of the peers replaced within 8 virtual seconds, half of them crashing silently.
     r = run_simulation(SimParams(nodes=250, messages=800, seed=9, churn=0.2))
     assert r.departed == 50 and r.joined == 300
-    assert r.delivery_ratio >= 0.9, r.drops
+    # Relays that crashed are found out by the ping after a message (0.93 without it, seed 9)
+    # and what they swallowed goes another way.
+    assert r.delivery_ratio >= 0.98, r.drops
+    assert r.drops.get("unresponsive", 0) > 0
     assert r.hops_p99 <= math.log2(250) + 2
     assert_within_bounds(r)
 

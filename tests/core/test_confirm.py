@@ -1,0 +1,133 @@
+"""Hop-by-hop confirmation, idle timers and reaching out from an island, on a virtual clock."""
+
+from __future__ import annotations
+
+from itertools import pairwise
+from typing import Any
+
+import orjson
+
+from peer_relay import wire
+from peer_relay.events import CloseLink, DialWebSocket, SendFrame
+from peer_relay.identity import Identity
+from peer_relay.sim import FastSigner
+
+from .test_core import T0, make_core, open_raw_link
+
+
+def remote(seed: int) -> Identity:
+    return Identity(signer=FastSigner(bytes([seed]) * 32))
+
+
+def sent(events: list[Any]) -> list[tuple[int, Any]]:
+    return [(e.handle, orjson.loads(e.frame)) for e in events if isinstance(e, SendFrame)]
+
+
+def users(frames: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
+    return [(h, f["data"]["data"]) for h, f in frames if "to" in f and f["data"]["type"] == "user"]
+
+
+def test_a_ping_follows_user_messages_and_a_pong_confirms_them() -> None:
+    core, _ = make_core(1)
+    peer = remote(2)
+    handle = open_raw_link(core, peer)
+    core.events()
+    core.send(peer.id, {"n": 1}, T0)
+    core.send(peer.id, {"n": 2}, T0)
+    frames = sent(core.events())
+    # One ping covers the first; the second waits for the next ping (one out at a time).
+    assert [f for _, f in frames if "pr" in f] == [{"pr": {"ping": 1}}]
+    assert frames.index((handle, {"pr": {"ping": 1}})) == 1
+    core.frame_received(handle, wire.link_control_frame("pong", 1), T0 + 0.1)
+    assert sent(core.events()) == [(handle, {"pr": {"ping": 2}})]
+    core.frame_received(handle, wire.link_control_frame("pong", 2), T0 + 0.2)
+    assert core.events() == []
+    core.handle_timer(T0 + 60)
+    assert core.peers == [peer.id]  # nothing was left waiting: the link stays
+
+
+def test_pings_are_answered_and_control_frames_from_strangers_are_strikes() -> None:
+    core, _ = make_core(1)
+    handle = open_raw_link(core, remote(2))
+    core.events()
+    core.frame_received(handle, wire.link_control_frame("ping", 41), T0)
+    assert sent(core.events()) == [(handle, {"pr": {"pong": 41}})]
+    for bad in (b'{"pr":{"ping":-1}}', b'{"pr":{"ping":1,"pong":2}}', b'{"pr":{"hop":1}}'):
+        core.frame_received(handle, bad, T0)
+    assert core.stats.dropped["bad-link-control"] == 3
+    # A 0.0.2 peer (no proof) never says pr: a control frame from it is a malformed envelope.
+    plain, _ = make_core(3, require_auth=False)
+    other = plain.link_accepted(T0)
+    plain.frame_received(other, wire.hello_frame(remote(4).id, None, None), T0)
+    plain.events()
+    plain.frame_received(other, wire.link_control_frame("ping", 1), T0)
+    assert plain.stats.dropped["not-envelope"] == 1 and sent(plain.events()) == []
+
+
+def test_a_silent_next_hop_is_dropped_and_the_message_goes_another_way() -> None:
+    core, _ = make_core(1, confirm_timeout=3.0)
+    near, far = remote(2), remote(3)
+    to_near = open_raw_link(core, near)
+    to_far = open_raw_link(core, far)
+    core.events()
+    target = bytes(a ^ 1 for a in near.id)  # nearer to ``near`` than to anyone else
+    core.send(target, {"n": 7}, T0)
+    assert users(sent(core.events())) == [(to_near, {"n": 7})]
+    core.handle_timer(T0 + 2)
+    assert not any(isinstance(e, CloseLink) for e in core.events())
+    core.handle_timer(T0 + 4)  # no pong: ``near`` crashed
+    events = core.events()
+    assert CloseLink(to_near, "unresponsive") in events
+    assert users(sent(events)) == [(to_far, {"n": 7})]
+    assert core.stats.dropped["unresponsive"] == 1 and core.stats.rerouted == 1
+    assert core.peers == [far.id]
+
+
+def test_messages_a_closed_link_did_not_confirm_go_another_way() -> None:
+    core, _ = make_core(1)
+    near, far = remote(2), remote(3)
+    to_near = open_raw_link(core, near)
+    to_far = open_raw_link(core, far)
+    core.events()
+    target = bytes(a ^ 1 for a in near.id)
+    core.send(target, {"n": 8}, T0)
+    core.events()
+    core.link_closed(to_near, T0 + 0.5, "remote closed")
+    assert users(sent(core.events())) == [(to_far, {"n": 8})]
+
+
+def test_an_idle_peer_sleeps_until_its_next_refresh() -> None:
+    core, _ = make_core(1, tick_interval=1.0, refresh_interval=15.0)
+    open_raw_link(core, remote(2))
+    core.events()
+    ticks = 0
+    while (timer := core.get_timer()) is not None and timer < T0 + 120:
+        core.handle_timer(timer)
+        core.events()
+        ticks += 1
+        assert core.get_timer() == core._next_refresh  # nothing else waits on a deadline
+    # Every 11-19 s (refresh_interval, jittered), not every tick_interval.
+    assert 5 <= ticks <= 12, ticks
+
+
+def test_a_peer_that_knows_no_one_to_dial_redials_its_bootstrap_peer() -> None:
+    core, _ = make_core(1, refresh_interval=15.0)
+    core.bootstrap(["ws://boot"], T0)
+    dial = next(e for e in core.events() if isinstance(e, DialWebSocket))
+    core.link_closed(dial.handle, T0, "connection refused")
+    core.events()
+    # It is linked to one peer only (a fellow newcomer), which names no one else.
+    open_raw_link(core, remote(2))
+    core.events()
+    dials: list[float] = []
+    now = T0
+    while now < T0 + 200:
+        now = max(now + 0.5, core.get_timer() or now)
+        core.handle_timer(now)
+        for e in core.events():
+            if isinstance(e, DialWebSocket) and e.url == "ws://boot":
+                dials.append(now - T0)
+                core.link_closed(e.handle, now, "connection refused")
+    assert dials, "never reached out"
+    gaps = [b - a for a, b in pairwise(dials)]
+    assert len(dials) >= 3 and all(later >= earlier for earlier, later in pairwise(gaps))

@@ -28,6 +28,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from peer_relay import PeerRelay, wire
+from peer_relay.core import message_key
 from peer_relay.identity import Identity, id_for_key, verify_ed25519
 from peer_relay.ids import buffer_json
 
@@ -593,7 +594,7 @@ async def test_evil_relay_alters_and_replays_signed_messages() -> None:
         frame = await relay.capture(d.id)
         await to_d.send(relayed(frame))
         await eventually(lambda: net.received("d", {"pay": 4}, a.id), "a's message to d")
-        key = frame["from"] + frame["nonce"]
+        key = message_key(frame["from"], frame["nonce"])
         core = d._core
         assert core is not None
         await eventually(lambda: key not in core._delivered, "d to forget the message", 6.0)
@@ -644,7 +645,7 @@ async def test_replay_floor_after_eviction_and_no_floor_poisoning() -> None:
         await eventually(lambda: from_attacker() == 20, "the flood delivered")
         core = d._core
         assert core is not None
-        assert frame["from"] + frame["nonce"] not in core._delivered
+        assert message_key(frame["from"], frame["nonce"]) not in core._delivered
         before = dropped(d, "replay")
         await to_d.send({**frame, "path": path})
         await counted(d, "replay", before, "an evicted message replayed inside the window")

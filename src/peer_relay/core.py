@@ -19,6 +19,7 @@ import random
 from collections import Counter, OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from sys import intern
 from typing import Any, Literal
 
 from . import wire
@@ -251,12 +252,14 @@ class Core:
         self._connecting: dict[bytes, _Attempt] = {}
         self._answered: OrderedDict[bytes, float] = OrderedDict()
         self._rtc_by_peer: dict[bytes, int] = {}
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        self._delivered: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        # Message ids (origin and nonce) are remembered as their hash: a third of the memory of
+        # the text, and unforgeable collisions (str hashes are keyed per process).
+        self._seen: OrderedDict[int, float] = OrderedDict()
+        self._delivered: OrderedDict[int, tuple[float, int]] = OrderedDict()
         # Every signed message at or below (ts, key) is refused: those forgotten to keep the
         # duplicate filter bounded are all there (a heap over _delivered gives the lowest first).
-        self._replay_floor: tuple[int, str] = (-1, "")
-        self._by_ts: list[tuple[int, str]] = []
+        self._replay_floor: tuple[int, int] = (-1, 0)
+        self._by_ts: list[tuple[int, int]] = []
         self._routes: OrderedDict[str, tuple[float, list[str]]] = OrderedDict()
         self._queue: deque[tuple[str, bytes, bool]] = deque()
         self._bootstrap: list[str] = []
@@ -486,7 +489,7 @@ class Core:
         if env.to == self.hex:
             self._receive(env, link, now)
             return
-        key = env.sender + env.nonce
+        key = message_key(env.sender, env.nonce)
         seen = self._seen
         if key in seen:
             self._drop("duplicate", env.nonce)
@@ -906,7 +909,7 @@ class Core:
         except WireError as exc:
             self._drop(exc.reason, exc.detail)
             return
-        key = env.sender + env.nonce
+        key = message_key(env.sender, env.nonce)
         if key in self._delivered:
             self._drop("duplicate", env.nonce)
             return
@@ -965,7 +968,8 @@ class Core:
             heapq.heapify(self._by_ts)
         if env.path and env.path[0] == env.sender:
             routes = self._routes
-            routes[env.sender] = (now + cfg.route_ttl, env.path[::-1])
+            # Interned: the same few ids recur in every peer's routes.
+            routes[env.sender] = (now + cfg.route_ttl, [intern(hop) for hop in reversed(env.path)])
             routes.move_to_end(env.sender)
             if len(routes) > cfg.max_routes:
                 routes.popitem(last=False)
@@ -1625,6 +1629,11 @@ _LOOKUP_PARALLEL = 2
 """Questions of a lookup round out at once."""
 _LOOKUP_TIMEOUT = 2.0
 """Seconds an unanswered lookup question holds back the dialling of near links."""
+
+
+def message_key(sender_hex: str, nonce: str) -> int:
+    """How duplicate filters remember a message: the hash of its origin and nonce."""
+    return hash((sender_hex, nonce))
 
 
 def _is_user(envelope: dict[str, Any]) -> bool:

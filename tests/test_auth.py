@@ -717,3 +717,35 @@ async def test_unsigned_peers_only_when_allowed() -> None:
         await net.message_arrives("strict", "lax", {"still": "verified"})
         assert net.inbox["lax"][-1][2] is True
         net.assert_nothing_evil_delivered()
+
+
+async def test_a_silent_relay_is_found_out_and_routed_around() -> None:
+    """A peer that takes messages and never passes them on (hung, or crashed without a close):
+    the next hop's silence after a ping gives it away and the message goes around it."""
+    async with network(b={}, c={"max_links": 1}) as net:  # c keeps its one link, to b
+        b, c = net["b"], net["c"]
+        a = await net.add(
+            "a",
+            port=0,
+            bootstrap=[b.url or ""],
+            max_links=2,
+            max_connecting=0,  # it links to no one itself (c would refuse, at a link's cost)
+            confirm_timeout=1.0,
+            tick_interval=0.1,
+            route_ttl=0.0,  # no route hints: a's next hop is its link nearest c
+        )
+        await eventually(lambda: b.id in a.peers, "a linked to b")
+        # The hole's id is nearer to c than b is: a's best next hop toward c.
+        hole_id = Identity.generate()
+        while int.from_bytes(hole_id.id, "big") ^ int.from_bytes(c.id, "big") >= int.from_bytes(
+            b.id, "big"
+        ) ^ int.from_bytes(c.id, "big"):
+            hole_id = Identity.generate()
+        hole = await dial_as(a.url or "", hole_id, a)
+        assert c.id not in a.peers
+        a.send(c.id, {"around": 1})
+        assert (await hole.recv_where(is_user_to(c.id)))["data"]["data"] == {"around": 1}
+        assert await hole.recv_where(lambda f: type(f) is dict and "pr" in f) == {"pr": {"ping": 1}}
+        await eventually(lambda: net.received("c", {"around": 1}, a.id), "the message around")
+        assert dropped(a, "unresponsive") == 1 and hole_id.id not in a.peers
+        assert await hole.closed_by_remote()

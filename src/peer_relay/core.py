@@ -805,7 +805,8 @@ class Core:
 
     def _route_new(self, to_hex: str, frame: bytes, confirm: bool, now: float) -> None:
         route = self._routes.get(to_hex)
-        hops = self._next_hops(to_hex, (self.hex,), route[1] if route is not None else None)
+        hint = route[1] if route is not None and route[0] > now else None
+        hops = self._next_hops(to_hex, (self.hex,), hint)
         if not hops:
             self._drop("no-route", to_hex)
         for link in hops:

@@ -340,6 +340,12 @@ class Core:
             if expiry > now:
                 break
             del delivered[key]
+        routes = self._routes  # in the order they were learnt, so of their expiry
+        while routes:
+            to_hex, (until, _path) = next(iter(routes.items()))
+            if until > now:
+                break
+            del routes[to_hex]
         for table in (self._undialable, self._answered):
             while table:
                 key_id, until = next(iter(table.items()))

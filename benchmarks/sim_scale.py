@@ -9,6 +9,7 @@ Runs, each in its own process so that its peak memory is its own:
   websockets keepalive (20-40 s to notice a silent peer) and a faster one (5-10 s);
 - ``original`` (0.0.2's policy) at 1,000 peers, static and churning, for comparison (and at
   10,000 with ``--original-10k``);
+- ``spread`` at 1,000 peers churning with hop-by-hop confirmation off, to show what it is worth;
 - with ``--huge``, ``spread`` at 100,000 peers (long: it shows that it runs).
 
 Usage: ``python benchmarks/sim_scale.py [--quick] [--huge] [--original-10k] [--json FILE]``.
@@ -30,6 +31,7 @@ ROWS = (
     "peers",
     "churn",
     "keepalive",
+    "confirm",
     "delivery",
     "hops mean/p50/p99/max",
     "frames/deliv",
@@ -53,6 +55,7 @@ def scenarios(quick: bool, huge: bool, original_10k: bool) -> list[SimParams]:
         static,
         replace(static, strategy="original"),
         churn,
+        replace(churn, config={"max_unconfirmed": 0}),
         replace(churn, strategy="original"),
     ]
     if not quick:
@@ -73,11 +76,14 @@ def scenarios(quick: bool, huge: bool, original_10k: bool) -> list[SimParams]:
 def row(r: SimReport) -> list[str]:
     """One line of the table."""
     p = r.params
+    confirm = p["config"].get("confirm_timeout", 3.0)
+    off = p["config"].get("max_unconfirmed") == 0
     return [
         p["strategy"],
         str(p["nodes"]),
         f"{p['churn']:.0%}",
         "{:.0f}-{:.0f} s".format(*p["keepalive"]),
+        "off" if off else f"{confirm:g} s",
         f"{r.delivery_ratio:.2%}",
         f"{r.hops_mean:.2f}/{r.hops_p50}/{r.hops_p99}/{r.hops_max}",
         f"{r.frames_per_delivered:.2f}",

@@ -110,7 +110,8 @@ class Config:
     Past that the link is taken for dead (a crashed peer stays silent until the transport's
     keepalive notices, tens of seconds later), closed, and the messages go another way."""
     max_unconfirmed: int = 64
-    """Most user messages per link kept for re-routing until the remote confirms them."""
+    """Most user messages per link kept for re-routing until the remote confirms them (0: no
+    confirmation at all)."""
     control_rate: float = 50.0
     """Discovery and handshake requests answered per second (burst: twice that)."""
     bootstrap_retry: float = 5.0
@@ -554,7 +555,7 @@ class Core:
         ping is out per link at a time; messages sent meanwhile wait for the next one. Only our
         peers answer pings (0.0.2 would take one for a malformed envelope).
         """
-        if not link.authenticated or link.state != _OPEN:
+        if not link.authenticated or link.state != _OPEN or not self.config.max_unconfirmed:
             return
         if link.ping_due == float("inf"):
             link.awaiting.append(frame)

@@ -131,3 +131,15 @@ def test_a_peer_that_knows_no_one_to_dial_redials_its_bootstrap_peer() -> None:
     assert dials, "never reached out"
     gaps = [b - a for a, b in pairwise(dials)]
     assert len(dials) >= 3 and all(later >= earlier for earlier, later in pairwise(gaps))
+
+
+def test_max_unconfirmed_zero_turns_confirmation_off() -> None:
+    core, _ = make_core(1, max_unconfirmed=0)
+    peer = remote(2)
+    open_raw_link(core, peer)
+    core.events()
+    core.send(peer.id, {"n": 1}, T0)
+    frames = sent(core.events())
+    assert [f for _, f in frames if "pr" in f] == [] and len(users(frames)) == 1
+    core.handle_timer(T0 + 60)
+    assert core.peers == [peer.id]

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from typing import IO, Any
 
+from . import compiled
 from .runner import STRATEGIES, SimParams, SimReport, run_simulation
 
 PLOT_HINT = "--plot needs matplotlib: pip install 'peer-relay[plot]'"
@@ -67,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--plot", metavar="FILE.png", help="draw hops and delivery over time")
     parser.add_argument("--json", action="store_true", help="print JSON (and no progress)")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the core compiled by mypyc (built once; needs a C compiler)",
+    )
     return parser
 
 
@@ -85,6 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plot and not _have_matplotlib():
         print(f"peer-relay simulate: {PLOT_HINT}", file=sys.stderr)
         return 2
+    if args.compiled and not compiled.is_compiled():
+        return _rerun_compiled(list(sys.argv[1:] if argv is None else argv))
     base = SimParams(
         nodes=args.nodes,
         messages=args.messages,
@@ -110,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if progress is not None:
             progress.done()
     if args.json:
-        print(json.dumps({"runs": [r.as_dict() for r in reports]}, indent=2))
+        core = "compiled" if compiled.is_compiled() else "python"
+        print(json.dumps({"core": core, "runs": [r.as_dict() for r in reports]}, indent=2))
     else:
         print(format_reports(reports))
     if args.plot:
@@ -167,6 +177,18 @@ def run_isolated(params: SimParams, progress: Any = None) -> SimReport:
 def _child(params: SimParams, progress: Any, sender: Any) -> None:
     sender.send(run_simulation(params, progress))
     sender.close()
+
+
+def _rerun_compiled(cli_args: list[str]) -> int:
+    """Build the compiled core if needed, then run ``simulate cli_args`` again on it."""
+    print("peer-relay simulate: compiling the core with mypyc (once) ...", file=sys.stderr)
+    try:
+        target = compiled.build()
+    except compiled.CompileError as exc:
+        print(f"peer-relay simulate: {exc}", file=sys.stderr)
+        return 2
+    command = [sys.executable, "-m", "peer_relay.cli", "simulate", *cli_args]
+    return subprocess.run(command, env=compiled.environ(target), check=False).returncode
 
 
 def _fmt_drops(drops: dict[str, int]) -> str:

@@ -110,8 +110,8 @@ class Config:
     Past that the link is taken for dead (a crashed peer stays silent until the transport's
     keepalive notices, tens of seconds later), closed, and the messages go another way."""
     max_unconfirmed: int = 64
-    """Most user messages per link kept for re-routing until the remote confirms them (0: no
-    confirmation at all)."""
+    """Most user messages per link kept for re-routing until the remote confirms them, and at
+    most ``max_frame`` bytes of them (0: no confirmation at all)."""
     control_rate: float = 50.0
     """Discovery and handshake requests answered per second (burst: twice that)."""
     bootstrap_retry: float = 5.0
@@ -170,6 +170,7 @@ class _Link:
         "deadline",
         "expected",
         "handle",
+        "held",
         "my_nonce",
         "opened_at",
         "outbound",
@@ -210,6 +211,7 @@ class _Link:
         # (number ping_seq, due back by ping_due) covers, and those sent after it.
         self.awaiting: list[bytes] = []
         self.pending: list[bytes] = []
+        self.held = 0  # their bytes
         self.ping_seq = 0
         self.ping_due = float("inf")
 
@@ -543,6 +545,7 @@ class Core:
             self._send_frame(link, wire.link_control_frame("pong", number))
         elif number == link.ping_seq and link.ping_due != float("inf"):
             link.awaiting, link.pending = link.pending, []
+            link.held = sum(len(frame) for frame in link.awaiting)
             if link.awaiting:
                 self._send_ping(link, now)
             else:
@@ -559,9 +562,14 @@ class Core:
             return
         if link.ping_due == float("inf"):
             link.awaiting.append(frame)
+            link.held = len(frame)
             self._send_ping(link, now)
-        elif len(link.awaiting) + len(link.pending) < self.config.max_unconfirmed:
+        elif (
+            len(link.awaiting) + len(link.pending) < self.config.max_unconfirmed
+            and link.held + len(frame) <= self.config.max_frame
+        ):
             link.pending.append(frame)
+            link.held += len(frame)
 
     def _send_ping(self, link: _Link, now: float) -> None:
         link.ping_seq += 1
@@ -735,7 +743,7 @@ class Core:
         if link.state == _DRAINING:
             return
         if link.state == _OPEN:
-            link.awaiting, link.pending, link.ping_due = [], [], float("inf")
+            link.awaiting, link.pending, link.ping_due, link.held = [], [], float("inf"), 0
             self._open.remove(link)
             self._table.remove(link.peer_id)
             self.stats.links_closed += 1

@@ -143,3 +143,22 @@ def test_max_unconfirmed_zero_turns_confirmation_off() -> None:
     assert [f for _, f in frames if "pr" in f] == [] and len(users(frames)) == 1
     core.handle_timer(T0 + 60)
     assert core.peers == [peer.id]
+
+
+def test_messages_kept_for_rerouting_are_bounded_in_count_and_bytes() -> None:
+    core, _ = make_core(1, max_frame=4096, max_unconfirmed=5)
+    peer = remote(2)
+    handle = open_raw_link(core, peer)
+    core.events()
+    link = core._links[handle]
+    for n in range(20):
+        core.send(peer.id, {"n": n, "pad": "x" * 900}, T0)
+    assert len(users(sent(core.events()))) == 20  # all sent, whatever is kept
+    assert link.held <= 4096 and len(link.awaiting) + len(link.pending) <= 4
+    core, _ = make_core(1, max_unconfirmed=5)
+    handle = open_raw_link(core, peer)
+    core.events()
+    link = core._links[handle]
+    for n in range(20):
+        core.send(peer.id, {"n": n}, T0)
+    assert len(link.awaiting) + len(link.pending) == 5

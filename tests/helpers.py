@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 
+from peer_relay import PeerRelay
+
 
 async def eventually(
     predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
@@ -25,3 +27,20 @@ def frame_reasons(stats: dict[str, object]) -> dict[str, int]:
     dropped = stats.get("dropped", {})
     assert isinstance(dropped, dict)
     return dropped
+
+
+async def settled(nodes: list[PeerRelay], quiet: float = 2.0, timeout: float = 40.0) -> None:
+    """Wait until no link has opened or closed anywhere for ``quiet`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+
+    def churn() -> int:
+        return sum(n.stats["links_opened"] + n.stats["links_closed"] for n in nodes)
+
+    last, since = churn(), loop.time()
+    while loop.time() - since < quiet:
+        assert loop.time() < deadline, "the network did not settle"
+        await asyncio.sleep(0.1)
+        now = churn()
+        if now != last:
+            last, since = now, loop.time()

@@ -10,7 +10,7 @@ import statistics
 from typing import Any
 
 import pytest
-from helpers import eventually
+from helpers import eventually, settled
 from websockets.asyncio.client import connect
 
 from peer_relay import PeerRelay
@@ -223,23 +223,6 @@ async def test_inbox_is_bounded_and_drops_the_oldest() -> None:
 
 
 # ----------------------------------------------------------------------------- a network
-
-
-async def settled(nodes: list[PeerRelay], quiet: float = 2.0, timeout: float = 40.0) -> None:
-    """Wait until no link has opened or closed anywhere for ``quiet`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-
-    def churn() -> int:
-        return sum(n.stats["links_opened"] + n.stats["links_closed"] for n in nodes)
-
-    last, since = churn(), loop.time()
-    while loop.time() - since < quiet:
-        assert loop.time() < deadline, "the network did not settle"
-        await asyncio.sleep(0.1)
-        now = churn()
-        if now != last:
-            last, since = now, loop.time()
 
 
 async def test_fifty_nodes_deliver_every_message() -> None:

@@ -80,11 +80,6 @@ class Config:
     max_undialable: int = 1024
     redundancy: int = 1
     """How many next hops each message is forwarded to."""
-    churn_redundancy: int = 1
-    """Copies of a message we originate (on our best links, when it has no route hint) for
-    ``churn_window`` seconds after peers failed to answer us. One: confirmation (see
-    ``confirm_timeout``) already re-routes what a dead relay swallowed."""
-    churn_window: float = 30.0
     detour: bool = True
     """Forward even when no link is closer to the target than we are (else drop: no route)."""
     require_auth: bool = True
@@ -375,6 +370,7 @@ class Core:
     def bootstrap(self, urls: Iterable[str], now: float) -> None:
         """Dial these WebSocket URLs now, and again whenever every link is lost."""
         self._bootstrap = list(urls)
+        self._bootstrap_ids.clear()
         for url in self._bootstrap:
             self._dial(url, None, now)
 
@@ -867,9 +863,6 @@ class Core:
                 return [hinted]
         target = int(to_hex, 16)
         redundancy = self.config.redundancy
-        if self._churny and route is None and type(path) is tuple:
-            # A message we send, while links fail around us: copies on our best links.
-            redundancy = max(redundancy, self.config.churn_redundancy)
         if redundancy == 1:
             best: _Link | None = None
             best_d = -1
@@ -1304,8 +1297,6 @@ class Core:
     _rejoin_delay = 0.0
     _island_at = float("-inf")
     _island_delay = 0.0
-    _churn_until = float("-inf")
-    _churny = False
 
     def _refresh(self, now: float) -> None:
         """Periodic discovery and repair.
@@ -1323,7 +1314,6 @@ class Core:
                 self._originate(near_link.peer_hex, wire.FIND_PEERS, self.hex, True, now)
             self._populate(now)
             return
-        self._note_losses(now)
         self._rejoin(now)
         self._reach_out(now)
         if not self._open:
@@ -1356,25 +1346,6 @@ class Core:
             if via:
                 self._originate(via[0].peer_hex, wire.FIND_PEERS, target.hex(), True, now)
         self._populate(now)
-
-    def _note_losses(self, now: float) -> None:
-        """Whether peers fail around us lately (for ``churn_redundancy``).
-
-        The sign: since the last refresh, an attempt or a lookup question went unanswered.
-        (Links that close are no sign: most close because a peer evicted us to make room.)
-        """
-        cfg = self.config
-        failed = False
-        threshold = self._refreshed_at + 4 * cfg.refresh_interval
-        for until in reversed(self._undialable.values()):
-            failed = until > threshold
-            break
-        asked = self._asked
-        if not failed and asked is not None:
-            failed = any(0.0 < due <= now for due in asked.values())
-        if failed:
-            self._churn_until = now + cfg.churn_window
-        self._churny = now < self._churn_until
 
     def _rejoin(self, now: float) -> None:
         """Redial the bootstrap peers, backing off, for a while when cut off.

@@ -14,6 +14,8 @@ import random
 import statistics
 from typing import Any
 
+from helpers import settled
+
 from peer_relay import PeerRelay
 from peer_relay.sim.runner import SimParams, run_simulation
 
@@ -21,23 +23,6 @@ NODES = 30
 MESSAGES = 300
 SETTINGS: dict[str, Any] = {"max_links": 6, "refresh_interval": 3.0}
 HOPS_TOLERANCE = 0.5
-
-
-async def _settled(nodes: list[PeerRelay], quiet: float = 2.0, timeout: float = 60.0) -> None:
-    """Wait until no link has opened or closed anywhere for ``quiet`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-
-    def churn() -> int:
-        return sum(n.stats["links_opened"] + n.stats["links_closed"] for n in nodes)
-
-    last, since = churn(), loop.time()
-    while loop.time() - since < quiet:
-        assert loop.time() < deadline, "the live network did not settle"
-        await asyncio.sleep(0.1)
-        now = churn()
-        if now != last:
-            last, since = now, loop.time()
 
 
 async def _live_run(seed: int) -> tuple[float, float]:
@@ -53,7 +38,7 @@ async def _live_run(seed: int) -> tuple[float, float]:
             await node.start()
             nodes.append(node)
             await asyncio.sleep(0.05)
-        await _settled(nodes)
+        await settled(nodes, timeout=60.0)
 
         async def read(node: PeerRelay) -> None:
             async for message in node.messages():

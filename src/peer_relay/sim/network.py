@@ -150,6 +150,8 @@ class SimNetwork:
         self.user_frames = 0
         self.on_deliver: Callable[[SimNode, Delivered], None] | None = None
         self.on_event: Callable[[SimNode, object], None] | None = None
+        self.on_trace: Callable[[SimNode, object], None] | None = None
+        """Called with every event of every core, in the order the cores emit them."""
 
     # ---------------------------------------------------------------- building the network
 
@@ -280,7 +282,10 @@ class SimNetwork:
         if not node.alive:
             return
         core = node.core
+        trace = self.on_trace
         for event in core.events():
+            if trace is not None:
+                trace(node, event)
             if isinstance(event, SendFrame):
                 self._carry(node, event.handle, event.frame)
             elif isinstance(event, Delivered):

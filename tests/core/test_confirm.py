@@ -150,7 +150,7 @@ def test_messages_kept_for_rerouting_are_bounded_in_count_and_bytes() -> None:
     peer = remote(2)
     handle = open_raw_link(core, peer)
     core.events()
-    link = core._links[handle]
+    link = core._links.by_handle[handle]
     for n in range(20):
         core.send(peer.id, {"n": n, "pad": "x" * 900}, T0)
     assert len(users(sent(core.events()))) == 20  # all sent, whatever is kept
@@ -158,7 +158,7 @@ def test_messages_kept_for_rerouting_are_bounded_in_count_and_bytes() -> None:
     core, _ = make_core(1, max_unconfirmed=5)
     handle = open_raw_link(core, peer)
     core.events()
-    link = core._links[handle]
+    link = core._links.by_handle[handle]
     for n in range(20):
         core.send(peer.id, {"n": n}, T0)
     assert len(link.awaiting) + len(link.pending) == 5

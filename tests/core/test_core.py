@@ -108,7 +108,7 @@ def test_messages_wait_for_a_first_link_in_a_bounded_queue() -> None:
     core.frame_received(handle, hello, T0)
     core.events()
     # Complete the proof and collect what the core sends once the link opens.
-    hello_nonce = core._links[handle].my_nonce
+    hello_nonce = core._links.by_handle[handle].my_nonce
     proof = remote.sign(wire.link_proof_bytes(hello_nonce, b"r" * 16, core.id, remote.id))
     core.frame_received(handle, wire.proof_frame(proof), T0)
     sent = [orjson.loads(e.frame) for e in core.events() if isinstance(e, SendFrame)]
@@ -144,9 +144,9 @@ def test_relay_drops_duplicates_and_bounds_its_filter() -> None:
     assert core.stats.relayed == 1 and core.stats.dropped["duplicate"] == 1
     for i in range(10):
         core.frame_received(ha, signed_frame(a, b.id, i, T0, nonce=f"n{i}"), T0)
-    assert len(core._seen) <= 4
+    assert len(core._inbox.seen) <= 4
     core.handle_timer(T0 + core.config.seen_ttl + 2)
-    assert len(core._seen) == 0, "entries expire on the clock"
+    assert len(core._inbox.seen) == 0, "entries expire on the clock"
 
 
 def test_hop_limit_and_loops() -> None:
@@ -347,6 +347,7 @@ def test_core_survives_any_frames_and_stays_bounded(batch: list[bytes]) -> None:
     assert stats.frames_in == received + len(batch)
     accounted = stats.relayed + stats.delivered + sum(stats.dropped.values())
     assert accounted >= 1
-    assert len(core._seen) <= 8 and len(core._delivered) <= 8 and len(core._routes) <= 4
-    assert len(core._candidates) <= 160 * core.config.k
+    sizes = core.bounds()
+    assert sizes["seen"][0] <= 8 and sizes["delivered"][0] <= 8 and sizes["routes"][0] <= 4
+    assert sizes["candidates"][0] <= 160 * core.config.k
     assert len(core.peers) <= core.config.max_links

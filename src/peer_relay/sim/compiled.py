@@ -20,7 +20,29 @@ from pathlib import Path
 
 import peer_relay
 
-MODULES = ("core.py", "table.py", "ids.py", "wire.py", "events.py", "sim/network.py")
+CORE_PARTS = (
+    "__init__",
+    "config",
+    "context",
+    "bounded",
+    "links",
+    "confirm",
+    "routing",
+    "inbox",
+    "connect",
+    "discovery",
+    "bootstrap",
+    "population",
+    "core",
+)
+MODULES = (
+    *(f"core/{name}.py" for name in CORE_PARTS),
+    "table.py",
+    "ids.py",
+    "wire.py",
+    "events.py",
+    "sim/network.py",
+)
 """What is compiled (relative to the package): where a simulation spends its time."""
 
 _DONE = "BUILT"
@@ -53,7 +75,7 @@ def cache_dir() -> Path:
 
 def is_compiled() -> bool:
     """Whether this process runs the compiled core."""
-    from .. import core
+    from ..core import core
 
     return not str(core.__file__).endswith(".py")
 

@@ -259,20 +259,7 @@ def max_rss_mib() -> float:
 
 def bound_sizes(node: SimNode) -> dict[str, tuple[int, int]]:
     """Sizes of a core's bounded structures next to their limits."""
-    core = node.core
-    cfg = core.config
-    return {
-        "links": (len(core.peers), cfg.max_links),
-        "pending_links": (core._pending_links(), cfg.max_pending_links + 1),
-        "connecting": (len(core._connecting), max(cfg.max_connecting, 1) + cfg.max_links),
-        "seen": (len(core._seen), cfg.max_seen),
-        "delivered": (len(core._delivered), cfg.max_seen),
-        "routes": (len(core._routes), cfg.max_routes),
-        "queue": (len(core._queue), cfg.max_queue),
-        "candidates": (len(core._candidates), 160 * cfg.k),
-        "undialable": (len(core._undialable), cfg.max_undialable),
-        "answered": (len(core._answered), 4 * cfg.max_connecting),
-    }
+    return node.core.bounds()
 
 
 def run_simulation(params: SimParams, progress: Progress | None = None) -> SimReport:

@@ -1,0 +1,120 @@
+"""Every bound and policy of a node (:class:`Config`), and the counters of what it did
+(:class:`Stats`)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from .. import wire
+
+Strategy = Literal["spread", "original"]
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Every bound and policy of a node, with safe defaults."""
+
+    url: str | None = None
+    """The WebSocket URL other peers should dial; None for a peer that cannot be dialled."""
+    webrtc: bool = False
+    """Whether this peer can form WebRTC links."""
+    k: int = 20
+    """Bucket size of the routing table and of the candidate table."""
+    max_links: int = 20
+    """Most direct links kept open; extra ones push out the least useful link."""
+    max_pending_links: int = 32
+    """Most links still in their opening handshake."""
+    max_connecting: int = 8
+    """Most connection attempts (relayed handshakes) in flight at once."""
+    connect_timeout: float = 10.0
+    link_timeout: float = 10.0
+    """Seconds a new link has to complete its hello and proof."""
+    max_hops: int = wire.MAX_HOPS
+    max_frame: int = 1 << 20
+    """Largest frame accepted or sent, in bytes."""
+    seen_ttl: float = 120.0
+    """Seconds a message id stays in the duplicate filter (at least twice ``replay_window``)."""
+    max_seen: int = 65_536
+    """Most message ids held by each duplicate filter."""
+    max_queue: int = 1024
+    """Most messages waiting for a first link."""
+    max_routes: int = 1024
+    """Most reverse paths remembered (each at most ``max_hops`` ids)."""
+    route_ttl: float = 60.0
+    """Seconds a reverse path learnt from a verified message is used as a route hint."""
+    max_undialable: int = 1024
+    redundancy: int = 1
+    """How many next hops each message is forwarded to."""
+    detour: bool = True
+    """Forward even when no link is closer to the target than we are (else drop: no route)."""
+    require_auth: bool = True
+    """Refuse peers that cannot prove their id and messages that are not signed."""
+    sign: bool = True
+    """Sign the messages this peer originates."""
+    replay_window: float = 60.0
+    """Seconds a signed message's timestamp may differ from our clock."""
+    refresh_interval: float = 15.0
+    tick_interval: float = 1.0
+    near_links: int = 4
+    """Links to the peers nearest our own id that eviction never touches."""
+    link_grace: float = 20.0
+    """Seconds a new link is safe from eviction."""
+    spare_links: int = 4
+    """Links our own population leaves free for peers that dial us (nearest neighbours excepted):
+    a full peer must evict to accept anyone, so headroom keeps joins cheap."""
+    max_strikes: int = 8
+    """Malformed frames tolerated from one link per ``strike_window`` before it is closed."""
+    strike_window: float = 60.0
+    confirm_timeout: float = 3.0
+    """Seconds a peer of ours has to answer the ping that follows user messages we send it.
+    Past that the link is taken for dead (a crashed peer stays silent until the transport's
+    keepalive notices, tens of seconds later), closed, and the messages go another way."""
+    max_unconfirmed: int = 64
+    """Most user messages per link kept for re-routing until the remote confirms them, and at
+    most ``max_frame`` bytes of them (0: no confirmation at all)."""
+    control_rate: float = 50.0
+    """Discovery and handshake requests answered per second (burst: twice that)."""
+    bootstrap_retry: float = 5.0
+    """First delay before dialling the bootstrap peers again after losing every link."""
+    strategy: Strategy = "spread"
+    """Population policy: ``spread`` (Kademlia-style) or ``original`` (0.0.2's)."""
+
+    @property
+    def near_count(self) -> int:
+        """How many nearest-neighbour links are wanted and protected: at most half the budget."""
+        return min(self.near_links, self.max_links // 2)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if type(value) in (int, float) and value < 0:
+                raise ValueError(f"{f.name} must not be negative")
+        if self.k < 1 or self.max_links < 1 or self.redundancy < 1 or self.max_frame < 64:
+            raise ValueError("k, max_links, redundancy and max_frame must be positive")
+        if self.seen_ttl < 2 * self.replay_window:
+            raise ValueError("seen_ttl must be at least twice replay_window")
+
+
+@dataclass
+class Stats:
+    """Counters of what a node did. ``dropped`` counts dropped frames by reason."""
+
+    frames_in: int = 0
+    frames_out: int = 0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    originated: int = 0
+    delivered: int = 0
+    relayed: int = 0
+    rerouted: int = 0
+    links_opened: int = 0
+    links_closed: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        """A plain snapshot."""
+        out: dict[str, Any] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["dropped"] = dict(self.dropped)
+        return out

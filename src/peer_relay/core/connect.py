@@ -1,0 +1,247 @@
+"""Connection attempts: relayed handshake offers and answers, WebRTC signals, glare.
+
+A peer that wants a direct link to another sends it a ``handshake-offer`` through the network
+(our URL, whether we do WebRTC). The answer says how to link: we dial its URL, or start WebRTC
+(whose signals are relayed the same way), or wait for it to dial us. An attempt ends when the
+link opens, or fails (timeout, unreachable, refused) and the peer is left alone for a while.
+Offers and discovery requests share one per-node rate limit (``control_rate``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .. import wire
+from ..events import ConnectResult, SignalIn
+from ..table import KBucketTable
+from .bounded import BoundedMap, TokenBucket, expires_at
+from .context import Context
+from .links import DIALING, OPEN, Link, Links
+from .routing import Router
+
+
+@dataclass(slots=True)
+class Attempt:
+    """A connection attempt in flight."""
+
+    deadline: float
+    user: bool
+    """The application asked for it (it gets a :class:`ConnectResult`)."""
+    webrtc_handle: int | None = None
+
+
+class Connector:
+    """Owns the attempts in flight, the peers we answered, the peers to leave alone for a
+    while, and which WebRTC link belongs to which peer."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        links: Links,
+        router: Router,
+        candidates: KBucketTable[float],
+        bucket: TokenBucket,
+    ) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.links = links
+        self.router = router
+        self.candidates = candidates
+        self.bucket = bucket
+        self.attempts: dict[bytes, Attempt] = {}
+        self.answered: BoundedMap[bytes, float] = BoundedMap(4 * cfg.max_connecting, expires_at)
+        """Peers whose offer we answered (-> until when we expect their link)."""
+        self.undialable: BoundedMap[bytes, float] = BoundedMap(cfg.max_undialable, expires_at)
+        """Peers an attempt to failed (-> until when they are left alone)."""
+        self.rtc_by_peer: dict[bytes, int] = {}
+
+    def dialable(self, peer_id: bytes) -> bool:
+        """Whether an attempt to ``peer_id`` may start now."""
+        return (
+            peer_id not in self.links.table
+            and peer_id not in self.attempts
+            and peer_id not in self.undialable.entries
+            and peer_id not in self.answered.entries
+        )
+
+    # ---------------------------------------------------------------- our attempts
+
+    def start(self, peer_id: bytes, now: float, *, user: bool) -> None:
+        """Offer ``peer_id`` a link."""
+        ctx = self.ctx
+        self.attempts[peer_id] = Attempt(now + ctx.config.connect_timeout, user)
+        ctx.wake(now)
+        offer = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
+        self.router.originate(peer_id.hex(), wire.HANDSHAKE_OFFER, offer, now)
+
+    def fail(self, peer_id: bytes, reason: str, now: float) -> None:
+        """End the attempt to ``peer_id`` (if any) and back off from that peer."""
+        attempt = self.attempts.pop(peer_id, None)
+        if attempt is None:
+            return
+        if attempt.webrtc_handle is not None:
+            link = self.links.by_handle.get(attempt.webrtc_handle)
+            if link is not None:
+                self.links.close(link, reason, now)
+        if reason != "shutdown":
+            # Back off from a peer that did not answer, cannot be reached or refused us.
+            if reason in ("timeout", "unreachable"):
+                self.candidates.remove(peer_id)
+            self.undialable.put(peer_id, now + 4 * self.ctx.config.refresh_interval)
+        if attempt.user:
+            self.ctx.events.append(ConnectResult(peer_id, False, reason))
+
+    def timeouts(self, now: float) -> None:
+        """Fail the attempts past their deadline."""
+        for peer_id, attempt in list(self.attempts.items()):
+            if now >= attempt.deadline:
+                self.fail(peer_id, "timeout", now)
+
+    def linked(self, peer_id: bytes) -> None:
+        """A link to ``peer_id`` opened: its attempt succeeded."""
+        self.undialable.entries.pop(peer_id, None)
+        attempt = self.attempts.pop(peer_id, None)
+        if attempt is not None and attempt.user:
+            self.ctx.events.append(ConnectResult(peer_id, True, "linked"))
+
+    def link_gone(self, link: Link, reason: str, was_open: bool, now: float) -> None:
+        """A link left: a link that never opened fails its attempt."""
+        if not was_open:
+            target = link.expected
+            if target is not None and target in self.attempts:
+                self.fail(target, reason, now)
+        peer_id = link.expected or link.peer_id
+        if self.rtc_by_peer.get(peer_id) == link.handle:
+            del self.rtc_by_peer[peer_id]
+
+    def expire(self, now: float) -> None:
+        """Forget answers and back-offs whose time is over."""
+        self.undialable.expire(now)
+        self.answered.expire(now)
+
+    # ---------------------------------------------------------------- their offers and answers
+
+    def on_offer(self, sender: bytes, payload: Any, now: float) -> None:
+        """Answer a peer that asks for a link."""
+        # An offer from a peer we think is linked is still answered: the asker has no link (its
+        # close may not have reached us yet), and a duplicate link is resolved when it opens.
+        ctx = self.ctx
+        if not self.bucket.take(now):
+            ctx.drop("rate-limited")
+            return
+        if sender in self.attempts and sender > ctx.id:
+            return  # Both asked at once: the peer with the higher id answers.
+        self.answered.touch(sender, now + ctx.config.connect_timeout)
+        if (
+            ctx.url is None
+            and not ctx.config.webrtc
+            and type(payload) is dict
+            and type(payload.get("ws")) is str
+        ):
+            # We cannot be dialled, but the asker can: dial it instead.
+            self.links.dial(payload["ws"], sender, now)
+        answer = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
+        self.router.originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, now)
+
+    def on_answer(self, sender: bytes, payload: Any, verified: bool, now: float) -> None:
+        """Follow the answer to our offer: dial, start WebRTC, or wait to be dialled."""
+        ctx = self.ctx
+        attempt = self.attempts.get(sender)
+        if attempt is None or sender in self.links.table:
+            ctx.drop("unexpected-answer", sender.hex())
+            return
+        if type(payload) is not dict:
+            ctx.drop("bad-data", "handshake-answer is not an object")
+            return
+        ws = payload.get("ws")
+        if payload.get("wrtc") is True and ctx.config.webrtc:
+            if attempt.webrtc_handle is None:
+                # It may be linking to us already (we answered its offer before asking): then
+                # this attempt waits for that link instead of crossing it with a second one.
+                inbound = self.rtc_by_peer.get(sender)
+                if inbound is None:
+                    inbound = self.start_webrtc(sender, True, now)
+                attempt.webrtc_handle = inbound
+        elif type(ws) is str and ws.startswith(("ws://", "wss://")) and len(ws) < 2048:
+            self.links.dial(ws, sender, now)
+        elif ctx.url is not None:
+            # It may dial us (it saw our URL in the offer); wait for that until timeout. A 0.0.2
+            # peer (unsigned) ignores an offer's URL, but dials the URL of any answer it gets.
+            if not verified:
+                answer = {"ws": ctx.url, "wrtc": False}
+                self.router.originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, now)
+        else:
+            self.fail(sender, "unreachable", now)
+
+    # ---------------------------------------------------------------- WebRTC
+
+    def start_webrtc(self, peer_id: bytes, initiator: bool, now: float) -> int:
+        """Start a WebRTC link to ``peer_id``; return its handle."""
+        handle = self.links.start_webrtc(peer_id, initiator, now)
+        self.rtc_by_peer[peer_id] = handle
+        return handle
+
+    def send_signal(self, handle: int, signal: Any, now: float) -> None:
+        """Relay a WebRTC signal of link ``handle`` to its remote."""
+        link = self.links.by_handle.get(handle)
+        if link is None or link.expected is None or self.ctx.closed:
+            return
+        self.router.originate(link.expected.hex(), wire.SIGNAL, signal, now)
+
+    def on_signal(self, sender: bytes, payload: Any, verified: bool, now: float) -> None:
+        """Hand a relayed signal to the WebRTC link it belongs to (starting one for an offer
+        from a peer we answered)."""
+        ctx = self.ctx
+        if not ctx.config.webrtc:
+            ctx.drop("unexpected-signal", "webrtc is off")
+            return
+        kind = payload.get("type") if type(payload) is dict and "sdp" in payload else None
+        handle = self.rtc_by_peer.get(sender)
+        if handle is not None and kind == "offer" and sender in self.answered.entries:
+            if not self._settle_second_offer(sender, handle, now):
+                return
+            handle = self.rtc_by_peer.get(sender)
+        if handle is None:
+            if sender not in self.answered.entries or sender in self.links.table:
+                ctx.drop("unexpected-signal", sender.hex())
+                return
+            if self.links.pending() >= ctx.config.max_pending_links:
+                ctx.drop("too-many-pending", sender.hex())
+                return
+            handle = self.start_webrtc(sender, False, now)
+            attempt = self.attempts.get(sender)
+            if attempt is not None and attempt.webrtc_handle is None:
+                attempt.webrtc_handle = handle  # our own attempt waits for this link
+        if kind in ("offer", "answer"):
+            link = self.links.by_handle.get(handle)
+            if link is not None and not link.rtc_described:
+                # The link applies the first description only: the DTLS fingerprint in it is
+                # what the remote proves its id with, so the link is as authentic as its message.
+                link.rtc_described = True
+                link.authenticated = verified
+        ctx.events.append(SignalIn(handle, payload))
+
+    def _settle_second_offer(self, sender: bytes, handle: int, now: float) -> bool:
+        """An offer from a peer that has a WebRTC link with us already: glare or a retry.
+        Return False if the offer is to be dropped."""
+        stale = self.links.by_handle.get(handle)
+        if stale is not None and stale.outbound and stale.state == DIALING:
+            # Glare: each side answered the other's handshake and started a link as the
+            # initiator. The lower id's link goes on; the other side answers it instead.
+            if self.ctx.id < sender:
+                self.ctx.drop("webrtc-glare", sender.hex())
+                return False
+            attempt = self.attempts.pop(sender, None)
+            self.links.close(stale, "glare", now)  # without failing the attempt: it goes on
+            if attempt is not None:
+                attempt.webrtc_handle = None
+                self.attempts[sender] = attempt
+        elif (
+            stale is not None and stale.rtc_described and not stale.outbound and stale.state != OPEN
+        ):
+            # A second offer: the remote gave up on the attempt our link answers (its timeout
+            # may be shorter than ours) and asked again. Answer it on a new link; the old one
+            # would take the offer as a renegotiation and drop it.
+            self.links.close(stale, "superseded", now)
+        return True

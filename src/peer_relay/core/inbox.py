@@ -1,0 +1,161 @@
+"""Messages for us and messages we relay: duplicate filters, the replay guard, verification.
+
+Two duplicate filters, each bounded in time (``seen_ttl``) and size (``max_seen``): one for the
+messages we relay, one for those delivered to us. Signed messages must be dated within
+``replay_window`` of our clock and are refused at or below the replay floor: the newest message
+the bounded filter had to forget early (see :meth:`Inbox._remember`).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+from .. import wire
+from ..identity import Verifier, id_for_key
+from ..wire import Envelope, WireError
+from .bounded import BoundedMap, expires_at
+from .context import Context
+
+
+def message_key(sender_hex: str, nonce: str) -> int:
+    """How duplicate filters remember a message: the hash of its origin and nonce.
+
+    A third of the memory of the text, and no collision an attacker can aim for (str hashes
+    are keyed per process).
+    """
+    return hash((sender_hex, nonce))
+
+
+class Received(NamedTuple):
+    """A message for us that passed every check."""
+
+    kind: str
+    payload: Any
+    has_payload: bool
+    sender: bytes
+    verified: bool
+
+
+class Inbox:
+    """Filters what arrives; owns the duplicate filters and the replay floor."""
+
+    def __init__(self, ctx: Context, verify: Verifier) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.verify = verify
+        self.seen: BoundedMap[int, float] = BoundedMap(cfg.max_seen, expires_at)
+        """Messages we relayed (their key -> expiry)."""
+        self.delivered: OrderedDict[int, tuple[float, int]] = OrderedDict()
+        """Messages delivered to us (their key -> (expiry, signed ts or -1))."""
+        # Every signed message at or below (ts, key) is refused: those forgotten to keep the
+        # duplicate filter bounded are all there (a heap over delivered gives the lowest first).
+        self.replay_floor: tuple[int, int] = (-1, 0)
+        self._by_ts: list[tuple[int, int]] = []
+
+    def first_relay(self, env: Envelope, now: float) -> bool:
+        """Whether ``env`` (for another peer) is new; remember it. A repeat is dropped."""
+        key = message_key(env.sender, env.nonce)
+        seen = self.seen
+        if key in seen.entries:
+            self.ctx.drop("duplicate", env.nonce)
+            return False
+        seen.put(key, now + self.ctx.config.seen_ttl)
+        return True
+
+    def accept(self, env: Envelope, now: float) -> Received | None:
+        """Check a message addressed to us; None (and a counted drop) if it fails a check."""
+        ctx = self.ctx
+        try:
+            kind, payload, has_payload = wire.message_body(env)
+        except WireError as exc:
+            ctx.drop(exc.reason, exc.detail)
+            return None
+        key = message_key(env.sender, env.nonce)
+        if key in self.delivered:
+            ctx.drop("duplicate", env.nonce)
+            return None
+        ts = -1
+        raw_auth = env.raw.get("auth")
+        if raw_auth is not None:
+            checked = self._verify(env, raw_auth, key, now)
+            if checked is None:
+                return None
+            ts, body = checked
+            if body is not env.raw["data"]:
+                payload = body.get("data")  # big integers read as the doubles that were signed
+            verified = True
+        elif ctx.config.require_auth:
+            ctx.drop("unsigned", env.sender)
+            return None
+        else:
+            verified = False
+        self._remember(key, ts, now)
+        return Received(kind, payload, has_payload, bytes.fromhex(env.sender), verified)
+
+    def _verify(self, env: Envelope, raw_auth: Any, key: int, now: float) -> tuple[int, Any] | None:
+        """Check a message's signature, date and replay; return (ts, signed body) or None."""
+        ctx = self.ctx
+        try:
+            auth = wire.parse_auth(raw_auth)
+        except WireError as exc:
+            ctx.drop(exc.reason, exc.detail)
+            return None
+        if id_for_key(auth.key).hex() != env.sender:
+            ctx.drop("key-mismatch", env.sender)
+            return None
+        if abs(auth.ts - now * 1000) >= ctx.config.replay_window * 1000:
+            ctx.drop("expired", env.nonce)
+            return None
+        if (auth.ts, key) <= self.replay_floor:
+            ctx.drop("replay", env.nonce)
+            return None
+        try:
+            data, body = wire.canonical_received(env.raw["data"])
+        except ValueError:
+            ctx.drop("bad-signature", "data cannot be canonicalised")
+            return None
+        signed = wire.signed_bytes(env.to, env.sender, env.nonce, auth.ts, data)
+        if not self.verify(auth.key, auth.sig, signed):
+            ctx.drop("bad-signature", env.sender)
+            return None
+        return auth.ts, body
+
+    def _remember(self, key: int, ts: int, now: float) -> None:
+        cfg = self.ctx.config
+        delivered = self.delivered
+        delivered[key] = (now + cfg.seen_ttl, ts)
+        by_ts = self._by_ts
+        heapq.heappush(by_ts, (ts, key))
+        if len(delivered) > cfg.max_seen:
+            # Forget the message dated earliest, not the one received first: the floor rises as
+            # little as it can, and one message dated late in the window (from any signer) cannot
+            # lift the floor above every honest clock and make honest messages look replayed.
+            while True:
+                oldest = heapq.heappop(by_ts)
+                entry = delivered.get(oldest[1])
+                if entry is not None and entry[1] == oldest[0]:
+                    del delivered[oldest[1]]
+                    break
+            self.replay_floor = max(self.replay_floor, oldest)
+        elif len(by_ts) > 2 * len(delivered) + 64:
+            self._by_ts = [(entry_ts, k) for k, (_expiry, entry_ts) in delivered.items()]
+            heapq.heapify(self._by_ts)
+
+    def expire(self, now: float) -> None:
+        """Forget the messages whose time in the filters is over."""
+        self.seen.expire(now)
+        delivered = self.delivered
+        while delivered:
+            key, (expiry, _ts) = next(iter(delivered.items()))
+            if expiry > now:
+                break
+            del delivered[key]
+
+    def first_expiries(self) -> list[float]:
+        """When the oldest entry of each filter expires (for the timer)."""
+        heads = [next(iter(self.seen.entries.values()))] if self.seen.entries else []
+        if self.delivered:
+            heads.append(next(iter(self.delivered.values()))[0])
+        return heads

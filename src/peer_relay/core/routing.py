@@ -1,0 +1,228 @@
+"""Routing: building and signing envelopes, next hops, route hints, forwarding, re-routing, and
+the queue of messages waiting for a first link.
+
+Greedy XOR forwarding: a message goes to the open link whose id is closest to its target
+(``redundancy`` links with the original's strategy), skipping peers already on its path. A route
+hint (the reversed path of a message the target sent) is followed first where one of its hops is
+linked: it reaches peers that greedy routing cannot find yet.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from sys import intern
+from typing import Any
+
+from .. import wire
+from ..wire import Envelope, WireError
+from .bounded import BoundedMap
+from .confirm import Confirmation
+from .context import Context
+from .links import Link, Links
+
+
+def _route_expiry(entry: tuple[float, list[str]]) -> float:
+    return entry[0]
+
+
+class Router:
+    """Sends what the node originates, forwards what it relays, remembers reverse paths."""
+
+    def __init__(self, ctx: Context, links: Links, confirmation: Confirmation) -> None:
+        cfg = ctx.config
+        self.ctx = ctx
+        self.links = links
+        self.confirmation = confirmation
+        self.routes: BoundedMap[str, tuple[float, list[str]]] = BoundedMap(
+            cfg.max_routes, _route_expiry
+        )
+        """Reverse paths learnt from verified messages, by origin (hex): (until, path)."""
+        self.queue: deque[tuple[str, bytes, bool]] = deque()
+        """Messages originated before the first link opened: (to, frame, confirm)."""
+
+    # ---------------------------------------------------------------- what we originate
+
+    def envelope(self, to_hex: str, kind: str, payload: Any, now: float, hint: bool) -> bytes:
+        """A new envelope of ours for ``to_hex``, signed when ``sign`` is set; with ``hint``, it
+        carries the route hint we hold for ``to_hex`` (if any)."""
+        ctx = self.ctx
+        data = wire.canonical({"type": kind, "data": payload})
+        nonce = str(ctx.rng.getrandbits(63))
+        auth = None
+        if ctx.config.sign:
+            ts = int(now * 1000)
+            signature = ctx.identity.sign(wire.signed_bytes(to_hex, ctx.hex, nonce, ts, data))
+            auth = {"key": ctx.key_b64, "sig": wire.b64encode(signature), "ts": ts}
+        route = self.routes.entries.get(to_hex) if hint else None
+        path = route[1] if route is not None and route[0] > now else None
+        return wire.origin_frame(to_hex, ctx.hex, nonce, data, auth, path)
+
+    def originate(self, to_hex: str, kind: str, payload: Any, now: float) -> None:
+        """Send a new message of ours; raise ValueError if it exceeds ``max_frame``."""
+        ctx = self.ctx
+        frame = self.envelope(to_hex, kind, payload, now, True)
+        if len(frame) > ctx.config.max_frame:
+            raise ValueError(f"message of {len(frame)} bytes exceeds max_frame")
+        ctx.stats.originated += 1
+        if not self.links.open:
+            if len(self.queue) >= ctx.config.max_queue:
+                ctx.drop("queue-full", to_hex)
+            else:
+                self.queue.append((to_hex, frame, kind == wire.USER))
+            return
+        self._route_new(to_hex, frame, kind == wire.USER, now)
+
+    def flush_queue(self, now: float) -> None:
+        """Send the messages that waited for a first link."""
+        queue = self.queue
+        while queue:
+            to_hex, frame, confirm = queue.popleft()
+            self._route_new(to_hex, frame, confirm, now)
+
+    def _route_new(self, to_hex: str, frame: bytes, confirm: bool, now: float) -> None:
+        route = self.routes.entries.get(to_hex)
+        hint = route[1] if route is not None and route[0] > now else None
+        hops = self.next_hops(to_hex, (self.ctx.hex,), hint)
+        if not hops:
+            self.ctx.drop("no-route", to_hex)
+        self._send(hops, frame, confirm, now)
+
+    def _send(self, hops: list[Link], frame: bytes, confirm: bool, now: float) -> None:
+        send = self.ctx.send
+        for link in hops:
+            send(link.handle, frame)
+            if confirm:
+                self.confirmation.track(link, frame, now)
+
+    # ---------------------------------------------------------------- what we relay
+
+    def forward(self, env: Envelope, now: float) -> None:
+        """Relay an envelope for another peer (its duplicates already filtered)."""
+        ctx = self.ctx
+        if len(env.path) >= ctx.config.max_hops:
+            ctx.drop("too-many-hops", env.nonce)
+            return
+        if ctx.hex in env.path:
+            ctx.drop("loop", env.nonce)
+            return
+        hazard = wire.hazard_to_original(env)
+        if hazard is not None:
+            ctx.drop("unsafe-for-original", hazard)
+            return
+        hops = self.next_hops(env.to, env.path, env.raw.get("route"))
+        if not hops:
+            ctx.drop("no-route", env.to)
+            return
+        frame = wire.relay_frame(env, ctx.hex)
+        ctx.stats.relayed += 1
+        self._send(hops, frame, is_user(env.raw), now)
+
+    def reroute(self, frame: bytes, now: float) -> None:
+        """Send an envelope we already sent once on the best link left (a ping never came back,
+        or the link failed); anything that is not an envelope is dropped."""
+        ctx = self.ctx
+        try:
+            obj = wire.loads(frame, ctx.config.max_frame)
+            env = wire.parse_envelope(obj, ctx.config.max_hops)
+        except WireError:
+            return
+        hops = self.next_hops(env.to, env.path, env.raw.get("route"))
+        if not hops:
+            ctx.drop("no-route", env.to)
+            return
+        ctx.stats.rerouted += 1
+        self._send(hops[:1], frame, is_user(obj), now)
+
+    # ---------------------------------------------------------------- next hops
+
+    def next_hops(
+        self, to_hex: str, path: list[str] | tuple[str, ...], route: Any = None
+    ) -> list[Link]:
+        """Links to forward a message for ``to_hex`` to, best first (empty: no route).
+
+        ``route`` is a route hint: the reversed path of a message the target sent, carried by
+        replies so that they reach peers that greedy routing cannot find yet (a newcomer known
+        only to its bootstrap peer). A hop on the hint is followed when linked; else greedy.
+        """
+        cfg = self.ctx.config
+        if type(route) is list and 0 < len(route) <= cfg.max_hops:
+            hinted = self._follow_hint(route, path)
+            if hinted is not None:
+                return [hinted]
+        target = int(to_hex, 16)
+        redundancy = cfg.redundancy
+        if redundancy == 1:
+            best: Link | None = None
+            best_d = -1
+            for link in self.links.open:
+                d = link.peer_int ^ target
+                if (best is None or d < best_d) and link.peer_hex not in path:
+                    best, best_d = link, d
+            ranked = [] if best is None else [best]
+        else:
+            ranked = sorted(
+                (link for link in self.links.open if link.peer_hex not in path),
+                key=lambda link: link.peer_int ^ target,
+            )[:redundancy]
+            best_d = ranked[0].peer_int ^ target if ranked else -1
+        if not ranked:
+            return ranked
+        if best_d == 0:
+            return ranked[:1]
+        if best_d >= self.ctx.int ^ target and not cfg.detour:
+            return []
+        return ranked
+
+    def _follow_hint(self, route: list[Any], path: list[str] | tuple[str, ...]) -> Link | None:
+        """The linked hop farthest along a route hint after us, if any (else: greedy).
+
+        Taking the farthest linked hop, the target itself when linked, short-cuts the hint.
+        """
+        try:
+            position = route.index(self.ctx.hex)
+        except ValueError:
+            position = -1
+        table = self.links.table
+        for index in range(len(route) - 1, position, -1):
+            hop = route[index]
+            if type(hop) is not str or len(hop) != 40:
+                return None
+            if hop in path:
+                continue
+            try:
+                link = table.get(bytes.fromhex(hop))
+            except ValueError:
+                return None
+            if link is not None:
+                return link
+        return None
+
+    # ---------------------------------------------------------------- route hints
+
+    def learn(self, env: Envelope, now: float) -> None:
+        """Remember the reversed path of a verified message that started at its sender."""
+        if env.path and env.path[0] == env.sender:
+            # Interned: the same few ids recur in every peer's routes.
+            path = [intern(hop) for hop in reversed(env.path)]
+            self.routes.touch(env.sender, (now + self.ctx.config.route_ttl, path))
+
+    def hint_via(self, peer_hex: str, via: str, now: float) -> None:
+        """Make the next message to ``peer_hex`` go through linked peer ``via``, unless a
+        direct enough route to it is known."""
+        known = self.routes.entries.get(peer_hex)
+        if known is None or known[0] <= now or len(known[1]) > 2:
+            self.routes.touch(peer_hex, (now + self.ctx.config.route_ttl, [via, peer_hex]))
+
+    def newest_origin(self, now: float) -> str | None:
+        """The origin (hex) of the route learnt just now, if the newest route was."""
+        routes = self.routes.entries
+        if not routes:
+            return None
+        sender = next(reversed(routes))
+        return sender if routes[sender][0] == now + self.ctx.config.route_ttl else None
+
+
+def is_user(envelope: dict[str, Any]) -> bool:
+    """Whether an envelope carries an application message (``data.type`` is ``user``)."""
+    data = envelope.get("data")
+    return type(data) is dict and data.get("type") == wire.USER

@@ -278,29 +278,57 @@ def run_simulation(params: SimParams, progress: Progress | None = None) -> SimRe
 
 
 def _run(params: SimParams, progress: Progress | None) -> SimReport:
-    p = params
-    if p.nodes < 2:
+    """Drive one run through its phases (see the module docstring)."""
+    if params.nodes < 2:
         raise ValueError("a simulation needs at least 2 nodes")
-    wall0 = time.perf_counter()
-    config = strategy_config(p.strategy, p.links, **p.config)
-    net = SimNetwork(
-        seed=p.seed,
-        latency=lognormal_latency(p.latency_median, p.latency_sigma),
-        loss=p.loss,
-        real_crypto=p.real_crypto,
-        keep_inbox=False,
-        keepalive=uniform_delay(*p.keepalive),
-    )
-    load = random.Random(f"{p.seed}/workload")
-    alive = _Alive()
-    messages: list[_Message] = []
-    hist: Counter[int] = Counter()
+    run = _Run(params, progress)
+    run.join()
+    run.settle()
+    run.send_messages()
+    run.drain()
+    return run.report()
 
-    def on_deliver(node: SimNode, event: Delivered) -> None:
+
+class _Run:
+    """The state one run shares between its phases, and one method per phase."""
+
+    def __init__(self, params: SimParams, progress: Progress | None) -> None:
+        p = self.p = params
+        self.progress = progress
+        self.wall0 = time.perf_counter()
+        self.config = strategy_config(p.strategy, p.links, **p.config)
+        net = self.net = SimNetwork(
+            seed=p.seed,
+            latency=lognormal_latency(p.latency_median, p.latency_sigma),
+            loss=p.loss,
+            real_crypto=p.real_crypto,
+            keep_inbox=False,
+            keepalive=uniform_delay(*p.keepalive),
+        )
+        self.load = random.Random(f"{p.seed}/workload")
+        self.alive = _Alive()
+        self.messages: list[_Message] = []
+        net.on_deliver = self._on_deliver
+        self.last_report = 0.0
+        self.start = net.now
+        self.wall_mark = self.wall0
+        self.wall_phases: dict[str, float] = {}
+        self.joined_at = 0.0
+        self.watch: _QuietWatch | None = None
+        self.drops_before: Counter[str] = Counter()
+        self.phase_start = 0.0
+        self.sent_bins: Counter[int] = Counter()
+        self.departed = 0
+        self.settled = False
+        self.settle_time = 0.0
+
+    def _on_deliver(self, node: SimNode, event: Delivered) -> None:
+        """Note the first arrival (hops, latency) and every copy of a user message."""
         data = event.data
         if type(data) is not dict:
             return
         number = data.get("m")
+        messages = self.messages
         if type(number) is not int or not 0 <= number < len(messages):
             return
         msg = messages[number]
@@ -309,178 +337,225 @@ def _run(params: SimParams, progress: Progress | None) -> SimReport:
         msg.copies += 1
         if msg.hops < 0:
             msg.hops = event.hops
-            msg.latency = net.now - msg.sent_at
+            msg.latency = self.net.now - msg.sent_at
 
-    net.on_deliver = on_deliver
-    last_report = [0.0]
-
-    def report(phase: str, done: float, total: float) -> None:
-        if progress is None:
+    def _report(self, phase: str, done: float, total: float) -> None:
+        """Tell ``progress``, at most every 0.2 s of wall time (and at the end of a phase)."""
+        if self.progress is None:
             return
         t = time.perf_counter()
-        if t - last_report[0] >= 0.2 or done >= total:
-            last_report[0] = t
-            progress(phase, done, total, net.now - start)
+        if t - self.last_report >= 0.2 or done >= total:
+            self.last_report = t
+            self.progress(phase, done, total, self.net.now - self.start)
 
-    def join(bootstrap: SimNode | None) -> SimNode:
-        node = net.add_node(config, bootstrap=[bootstrap] if bootstrap else None)
-        alive.add(node)
+    def _add(self, bootstrap: SimNode | None) -> SimNode:
+        """A new peer, bootstrapping to ``bootstrap``."""
+        node = self.net.add_node(self.config, bootstrap=[bootstrap] if bootstrap else None)
+        self.alive.add(node)
         return node
 
-    start = net.now
-    # -- 1. join
-    join(None)
-    for i in range(1, p.nodes):
-        rate = min(p.join_max_rate, max(p.join_rate, p.join_growth * len(alive)))
-        net.run(load.expovariate(rate))
-        join(alive.choice(load))
-        if i % 64 == 0:
-            report("join", i + 1, p.nodes)
-    report("join", p.nodes, p.nodes)
-    wall_join = time.perf_counter()
+    def _mark(self, phase: str) -> None:
+        """Record the wall time ``phase`` took (since the previous mark)."""
+        now = time.perf_counter()
+        self.wall_phases[phase] = now - self.wall_mark
+        self.wall_mark = now
 
-    # -- 2. settle (and keep watching for quiet while messages flow)
-    joined_at = net.now
-    watch = _QuietWatch(net, alive, p)
-    while net.now - joined_at < p.settle_max and watch.quiet_at is None:
-        net.run(p.settle_window)
-        report("settle", net.now - joined_at, p.settle_max)
-    wall_settle = time.perf_counter()
+    def join(self) -> None:
+        """Phase 1: peers arrive one by one, each bootstrapping to a random peer already there."""
+        p, net, load, alive = self.p, self.net, self.load, self.alive
+        self._add(None)
+        for i in range(1, p.nodes):
+            rate = min(p.join_max_rate, max(p.join_rate, p.join_growth * len(alive)))
+            net.run(load.expovariate(rate))
+            self._add(alive.choice(load))
+            if i % 64 == 0:
+                self._report("join", i + 1, p.nodes)
+        self._report("join", p.nodes, p.nodes)
+        self._mark("join")
 
-    # -- 3. messages, with churn
-    drops_before: Counter[str] = Counter()
-    for n in net.nodes:
-        drops_before.update(n.core.stats.dropped)
-    duration = p.messages / p.message_rate
-    schedule: list[tuple[float, int]] = []
-    t = 0.0
-    for _ in range(p.messages):
-        t += load.expovariate(p.message_rate)
-        schedule.append((t, 0))
-    replaced = round(p.churn * p.nodes)
-    for _ in range(replaced):
-        schedule.append((load.random() * duration, 1))
-    schedule.sort()
-    phase_start = net.now
-    net.count_user = True
-    departed = 0
-    sent_bins: Counter[int] = Counter()
-    for k, (at, kind) in enumerate(schedule):
-        net.run(max(0.0, phase_start + at - net.now))
-        if kind == 1:
-            victim = alive.choice(load)
-            alive.remove(victim)
-            if load.random() < p.crash_share:
-                net.crash(victim)
-            else:
-                net.leave(victim)
-            departed += 1
-            join(alive.choice(load))
-        else:
-            source = alive.choice(load)
-            target = alive.choice(load)
-            tries = 0
-            while (
-                target is source
-                or net.now - target.joined_at < p.target_min_age
-                or net.now - source.joined_at < p.target_min_age
-            ) and tries < 100:
-                source, target = alive.choice(load), alive.choice(load)
-                tries += 1
-            if target is source:
+    def settle(self) -> None:
+        """Phase 2: only maintenance, until quiet or ``settle_max`` (the watch keeps ticking)."""
+        p, net = self.p, self.net
+        joined_at = self.joined_at = net.now
+        watch = self.watch = _QuietWatch(net, self.alive, p)
+        while net.now - joined_at < p.settle_max and watch.quiet_at is None:
+            net.run(p.settle_window)
+            self._report("settle", net.now - joined_at, p.settle_max)
+        self._mark("settle")
+
+    def _schedule(self) -> list[tuple[float, int]]:
+        """When each message (kind 0) is sent and each peer is replaced (kind 1), in order."""
+        p, load = self.p, self.load
+        duration = p.messages / p.message_rate
+        schedule: list[tuple[float, int]] = []
+        t = 0.0
+        for _ in range(p.messages):
+            t += load.expovariate(p.message_rate)
+            schedule.append((t, 0))
+        replaced = round(p.churn * p.nodes)
+        for _ in range(replaced):
+            schedule.append((load.random() * duration, 1))
+        schedule.sort()
+        return schedule
+
+    def send_messages(self) -> None:
+        """Phase 3: send the user messages while ``churn`` of the peers are replaced."""
+        net = self.net
+        for n in net.nodes:
+            self.drops_before.update(n.core.stats.dropped)
+        schedule = self._schedule()
+        phase_start = self.phase_start = net.now
+        net.count_user = True
+        for k, (at, kind) in enumerate(schedule):
+            net.run(max(0.0, phase_start + at - net.now))
+            if kind == 1:
+                self._replace()
+            elif not self._send():
                 continue
-            messages.append(_Message(net.now, target))
-            sent_bins[int(net.now - phase_start)] += 1
-            net.send(source, target.id, {"m": len(messages) - 1})
-        if k % 64 == 0:
-            report("messages", k, len(schedule))
-    report("messages", len(schedule), len(schedule))
-    net.run(p.drain)
-    net.count_user = False
-    watch.stop()
-    settled = watch.quiet_at is not None
-    settle_time = (net.now if watch.quiet_at is None else watch.quiet_at) - joined_at
-    wall_messages = time.perf_counter()
+            if k % 64 == 0:
+                self._report("messages", k, len(schedule))
+        self._report("messages", len(schedule), len(schedule))
 
-    # -- measure
-    counted = [
-        m
-        for m in messages
-        if m.hops >= 0 or m.target.left_at is None or m.target.left_at > m.sent_at + p.drain
-    ]
-    undeliverable = len(messages) - len(counted)
-    hops = sorted(m.hops for m in counted if m.hops >= 0)
-    latencies = sorted(m.latency for m in counted if m.hops >= 0)
-    delivered = len(hops)
-    if p.timeline:
-        hist.update(hops)
-    delivered_bins: Counter[int] = Counter(
-        int(m.sent_at - phase_start) for m in counted if m.hops >= 0
-    )
-    timeline = (
-        [(float(s), sent_bins[s], delivered_bins[s]) for s in sorted(sent_bins)]
-        if p.timeline
-        else []
-    )
-    link_counts = sorted(len(n.core.peers) for n in alive.items)
-    drops: Counter[str] = Counter()
-    for n in net.nodes:
-        drops.update(n.core.stats.dropped)
-    drops.subtract(drops_before)
-    drops = +drops
-    bounds: dict[str, tuple[int, int]] = {}
-    for n in net.nodes:
-        for name, (size, limit) in bound_sizes(n).items():
-            old = bounds.get(name)
-            if old is None or size > old[0]:
-                bounds[name] = (size, limit)
-    user_frames = net.user_frames
-    report_ = SimReport(
-        params=asdict(p),
-        nodes_final=len(alive),
-        sent=len(counted),
-        delivered=delivered,
-        undeliverable=undeliverable,
-        delivery_ratio=delivered / len(counted) if counted else 0.0,
-        hops_mean=sum(hops) / delivered if delivered else 0.0,
-        hops_p50=percentile(hops, 50),
-        hops_p90=percentile(hops, 90),
-        hops_p99=percentile(hops, 99),
-        hops_max=hops[-1] if hops else 0,
-        latency_mean=sum(latencies) / delivered if delivered else 0.0,
-        latency_p99=latencies[max(0, math.ceil(0.99 * delivered) - 1)] if delivered else 0.0,
-        user_frames=user_frames,
-        frames_per_delivered=user_frames / delivered if delivered else 0.0,
-        duplicates=drops.get("duplicate", 0),
-        links_mean=sum(link_counts) / len(link_counts) if link_counts else 0.0,
-        links_min=link_counts[0] if link_counts else 0,
-        links_max=link_counts[-1] if link_counts else 0,
-        links_p50=percentile(link_counts, 50),
-        settle_time=settle_time,
-        settled=settled,
-        virtual_time=net.now - start,
-        control_frames=net.frames_sent - user_frames,
-        drops=dict(sorted(drops.items())),
-        frames_lost=net.frames_lost,
-        frames_dead=net.frames_dead,
-        joined=len(net.nodes),
-        departed=departed,
-        max_rss_mib=0.0,
-        wall_time=0.0,
-        wall_phases={
-            "join": wall_join - wall0,
-            "settle": wall_settle - wall_join,
-            "messages": wall_messages - wall_settle,
-        },
-        hop_histogram=dict(sorted(hist.items())),
-        timeline=timeline,
-        bounds=bounds,
-        digest="",
-    )
-    report_.digest = _digest(report_, net)
-    report_.max_rss_mib = max_rss_mib()
-    report_.wall_time = time.perf_counter() - wall0
-    return report_
+    def _replace(self) -> None:
+        """A random peer crashes or leaves, and a new one joins."""
+        load, alive = self.load, self.alive
+        victim = alive.choice(load)
+        alive.remove(victim)
+        if load.random() < self.p.crash_share:
+            self.net.crash(victim)
+        else:
+            self.net.leave(victim)
+        self.departed += 1
+        self._add(alive.choice(load))
+
+    def _send(self) -> bool:
+        """Send one message between two random settled peers; False if none were found."""
+        p, net, load, alive = self.p, self.net, self.load, self.alive
+        source = alive.choice(load)
+        target = alive.choice(load)
+        tries = 0
+        while (
+            target is source
+            or net.now - target.joined_at < p.target_min_age
+            or net.now - source.joined_at < p.target_min_age
+        ) and tries < 100:
+            source, target = alive.choice(load), alive.choice(load)
+            tries += 1
+        if target is source:
+            return False
+        self.messages.append(_Message(net.now, target))
+        self.sent_bins[int(net.now - self.phase_start)] += 1
+        net.send(source, target.id, {"m": len(self.messages) - 1})
+        return True
+
+    def drain(self) -> None:
+        """Phase 4: let the last messages land, then stop the quiet watch."""
+        net, watch = self.net, self.watch
+        assert watch is not None
+        net.run(self.p.drain)
+        net.count_user = False
+        watch.stop()
+        self.settled = watch.quiet_at is not None
+        self.settle_time = (net.now if watch.quiet_at is None else watch.quiet_at) - self.joined_at
+        self._mark("messages")
+
+    def _counted(self) -> list[_Message]:
+        """The messages that count as sent: delivered, or whose target stayed long enough."""
+        drain = self.p.drain
+        return [
+            m
+            for m in self.messages
+            if m.hops >= 0 or m.target.left_at is None or m.target.left_at > m.sent_at + drain
+        ]
+
+    def _timeline(self, counted: list[_Message]) -> list[tuple[float, int, int]]:
+        """Per second of the message phase: (second, sent, delivered); empty without timeline."""
+        phase_start, sent_bins = self.phase_start, self.sent_bins
+        delivered_bins: Counter[int] = Counter(
+            int(m.sent_at - phase_start) for m in counted if m.hops >= 0
+        )
+        return (
+            [(float(s), sent_bins[s], delivered_bins[s]) for s in sorted(sent_bins)]
+            if self.p.timeline
+            else []
+        )
+
+    def _drops(self) -> Counter[str]:
+        """Frames the cores dropped during the message phase (and drain), by reason."""
+        drops: Counter[str] = Counter()
+        for n in self.net.nodes:
+            drops.update(n.core.stats.dropped)
+        drops.subtract(self.drops_before)
+        return +drops
+
+    def _bounds(self) -> dict[str, tuple[int, int]]:
+        """The largest size seen of each bounded structure over all cores, with its limit."""
+        bounds: dict[str, tuple[int, int]] = {}
+        for n in self.net.nodes:
+            for name, (size, limit) in bound_sizes(n).items():
+                old = bounds.get(name)
+                if old is None or size > old[0]:
+                    bounds[name] = (size, limit)
+        return bounds
+
+    def report(self) -> SimReport:
+        """Measure the run: the :class:`SimReport`, with its digest."""
+        p, net = self.p, self.net
+        counted = self._counted()
+        undeliverable = len(self.messages) - len(counted)
+        hops = sorted(m.hops for m in counted if m.hops >= 0)
+        latencies = sorted(m.latency for m in counted if m.hops >= 0)
+        delivered = len(hops)
+        hist: Counter[int] = Counter()
+        if p.timeline:
+            hist.update(hops)
+        timeline = self._timeline(counted)
+        link_counts = sorted(len(n.core.peers) for n in self.alive.items)
+        drops = self._drops()
+        bounds = self._bounds()
+        user_frames = net.user_frames
+        report = SimReport(
+            params=asdict(p),
+            nodes_final=len(self.alive),
+            sent=len(counted),
+            delivered=delivered,
+            undeliverable=undeliverable,
+            delivery_ratio=delivered / len(counted) if counted else 0.0,
+            hops_mean=sum(hops) / delivered if delivered else 0.0,
+            hops_p50=percentile(hops, 50),
+            hops_p90=percentile(hops, 90),
+            hops_p99=percentile(hops, 99),
+            hops_max=hops[-1] if hops else 0,
+            latency_mean=sum(latencies) / delivered if delivered else 0.0,
+            latency_p99=latencies[max(0, math.ceil(0.99 * delivered) - 1)] if delivered else 0.0,
+            user_frames=user_frames,
+            frames_per_delivered=user_frames / delivered if delivered else 0.0,
+            duplicates=drops.get("duplicate", 0),
+            links_mean=sum(link_counts) / len(link_counts) if link_counts else 0.0,
+            links_min=link_counts[0] if link_counts else 0,
+            links_max=link_counts[-1] if link_counts else 0,
+            links_p50=percentile(link_counts, 50),
+            settle_time=self.settle_time,
+            settled=self.settled,
+            virtual_time=net.now - self.start,
+            control_frames=net.frames_sent - user_frames,
+            drops=dict(sorted(drops.items())),
+            frames_lost=net.frames_lost,
+            frames_dead=net.frames_dead,
+            joined=len(net.nodes),
+            departed=self.departed,
+            max_rss_mib=0.0,
+            wall_time=0.0,
+            wall_phases=self.wall_phases,
+            hop_histogram=dict(sorted(hist.items())),
+            timeline=timeline,
+            bounds=bounds,
+            digest="",
+        )
+        report.digest = _digest(report, net)
+        report.max_rss_mib = max_rss_mib()
+        report.wall_time = time.perf_counter() - self.wall0
+        return report
 
 
 def _digest(report: SimReport, net: SimNetwork) -> str:

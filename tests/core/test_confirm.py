@@ -101,11 +101,14 @@ def test_an_idle_peer_sleeps_until_its_next_refresh() -> None:
     open_raw_link(core, remote(2))
     core.events()
     ticks = 0
+    timers: list[float] = []
     while (timer := core.get_timer()) is not None and timer < T0 + 120:
         core.handle_timer(timer)
         core.events()
         ticks += 1
-        assert core.get_timer() == core._next_refresh  # nothing else waits on a deadline
+        timers.append(timer)
+    # Nothing else waits on a deadline: after the first tick, it wakes at refreshes only.
+    assert all(b - a >= 0.75 * 15.0 for a, b in pairwise(timers[1:])), timers
     # Every 11-19 s (refresh_interval, jittered), not every tick_interval.
     assert 5 <= ticks <= 12, ticks
 
@@ -148,17 +151,18 @@ def test_max_unconfirmed_zero_turns_confirmation_off() -> None:
 def test_messages_kept_for_rerouting_are_bounded_in_count_and_bytes() -> None:
     core, _ = make_core(1, max_frame=4096, max_unconfirmed=5)
     peer = remote(2)
-    handle = open_raw_link(core, peer)
+    open_raw_link(core, peer)
     core.events()
-    link = core._links.by_handle[handle]
     for n in range(20):
         core.send(peer.id, {"n": n, "pad": "x" * 900}, T0)
     assert len(users(sent(core.events()))) == 20  # all sent, whatever is kept
-    assert link.held <= 4096 and len(link.awaiting) + len(link.pending) <= 4
+    bounds = core.bounds()
+    count, kept = bounds["unconfirmed"][0], bounds["unconfirmed_bytes"][0]
+    assert 4096 - kept < kept / count <= 4096 / 2, (count, kept)  # as many as fit in max_frame
+    assert count < 5
     core, _ = make_core(1, max_unconfirmed=5)
-    handle = open_raw_link(core, peer)
+    open_raw_link(core, peer)
     core.events()
-    link = core._links.by_handle[handle]
     for n in range(20):
         core.send(peer.id, {"n": n}, T0)
-    assert len(link.awaiting) + len(link.pending) == 5
+    assert core.bounds()["unconfirmed"] == (5, 5)

@@ -103,12 +103,13 @@ def test_messages_wait_for_a_first_link_in_a_bounded_queue() -> None:
     assert core.stats.dropped["queue-full"] == 1
     remote = Identity(signer=FastSigner(b"\x02" * 32))
     handle = core.link_accepted(T0)
-    core.events()
+    (our_hello,) = [e.frame for e in core.events() if isinstance(e, SendFrame)]
     hello = wire.hello_frame(remote.id, remote.public_key, b"r" * 16)
     core.frame_received(handle, hello, T0)
     core.events()
     # Complete the proof and collect what the core sends once the link opens.
-    hello_nonce = core._links.by_handle[handle].my_nonce
+    hello_nonce = wire.parse_hello(orjson.loads(our_hello)).nonce
+    assert hello_nonce is not None
     proof = remote.sign(wire.link_proof_bytes(hello_nonce, b"r" * 16, core.id, remote.id))
     core.frame_received(handle, wire.proof_frame(proof), T0)
     sent = [orjson.loads(e.frame) for e in core.events() if isinstance(e, SendFrame)]

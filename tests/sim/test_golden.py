@@ -4,6 +4,11 @@ They hold the core's behaviour still through structural changes: every frame's b
 of every event of every core, every counter. A change that moves code without changing what it
 does keeps them. A change of behaviour must update them in its own commit, saying why.
 
+History of the run digests (the traces have not changed):
+- the report's ``bounds`` gained the structures the simulator did not read before (WebRTC links,
+  unconfirmed messages and bytes, introducers, lookup questions): the runs are the same, the
+  report holds more.
+
 Digests are independent of the machine, of ``PYTHONHASHSEED`` and of compiled or pure Python
 (``test_simulator.py`` and ``test_compiled.py`` check that).
 """
@@ -22,19 +27,19 @@ from peer_relay.sim.runner import SimParams, run_simulation
 RUNS: dict[str, tuple[SimParams, str]] = {
     "static": (
         SimParams(nodes=150, messages=300, seed=21),
-        "96f635450edf7ebf20a2d95a0f9c91be40c15208c956633f465f59c84b0e3f9f",
+        "4bc0f8cf0459482e75fd60539ab0455cd76f0c727335b468a3127e95410de6c5",
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "5d2e791fd51b8f961a99235bf29c467ce126558dc14347fb330c4f258198b5f9",
+        "b5ce7d334c076b7d91a49084d826919154f498c7c5d8846f22fa1aec7f5bee52",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),
-        "c1c8da5774a45773253471a8726a8b28421a6f32ed5cc18cc497ec0896ed29a9",
+        "526617636123a2feef6a0600d0d395090b649b959cdb3f7713d864cb0fe2ce85",
     ),
     "real-crypto": (
         SimParams(nodes=30, messages=40, seed=24, real_crypto=True),
-        "a949c259048231b1bf656e75fd3e11968602c975d0e5500c0504057742ef99c0",
+        "b5f57755f3cdd1bea6563931463bad5bb054d8e4669fe68ba94c0a7a493d27e1",
     ),
 }
 

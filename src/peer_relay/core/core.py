@@ -139,18 +139,25 @@ class Core:
         ctx.next_tick = min(ctx.next_tick, after, max(self._bootstrap.at, now))
 
     def bounds(self) -> dict[str, tuple[int, int]]:
-        """Every bounded structure's size now, next to its limit."""
+        """Every bounded structure's size now, next to its limit (per link: the largest)."""
         cfg = self._ctx.config
-        links, connector = self._links, self._connector
+        links, connector, discovery = self._links, self._connector, self._discovery
+        held = max((len(link.awaiting) + len(link.pending) for link in links.open), default=0)
+        held_bytes = max((link.held for link in links.open), default=0)
         return {
             "links": (len(links.open), cfg.max_links),
             "pending_links": (links.pending(), cfg.max_pending_links + 1),
             "connecting": (len(connector.attempts), max(cfg.max_connecting, 1) + cfg.max_links),
+            "webrtc": (len(connector.rtc_by_peer), cfg.max_pending_links + cfg.max_links),
             "seen": (len(self._inbox.seen), cfg.max_seen),
             "delivered": (len(self._inbox.delivered), cfg.max_seen),
             "routes": (len(self._router.routes), cfg.max_routes),
             "queue": (len(self._router.queue), cfg.max_queue),
-            "candidates": (len(self._discovery.candidates), 160 * cfg.k),
+            "unconfirmed": (held, cfg.max_unconfirmed),
+            "unconfirmed_bytes": (held_bytes, cfg.max_frame),
+            "candidates": (len(discovery.candidates), 160 * cfg.k),
+            "introducers": (len(discovery.introducers), discovery.introducers.limit),
+            "asked": (len(discovery.asked), discovery.asked.limit),
             "undialable": (len(connector.undialable), cfg.max_undialable),
             "answered": (len(connector.answered), connector.answered.limit),
         }

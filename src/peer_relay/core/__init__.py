@@ -17,6 +17,6 @@ from __future__ import annotations
 from .config import Config, Stats, Strategy
 from .core import Core
 from .inbox import message_key
-from .links import LinkState
+from .link import LinkState
 
 __all__ = ["Config", "Core", "LinkState", "Stats", "Strategy", "message_key"]

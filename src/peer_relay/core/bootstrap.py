@@ -15,7 +15,8 @@ from collections.abc import Iterable
 
 from .connect import Connector
 from .context import Context
-from .links import Link, Links
+from .link import Link
+from .links import Links
 
 REJOIN_PERIOD = 600.0
 """Seconds during which the bootstrap peers are redialled after a sudden loss of links."""

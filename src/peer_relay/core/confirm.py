@@ -14,7 +14,7 @@ from typing import Any
 from .. import wire
 from ..wire import WireError
 from .context import Context
-from .links import OPEN, Link
+from .link import OPEN, Link
 
 
 class Confirmation:

@@ -17,7 +17,9 @@ from ..events import ConnectResult, SignalIn
 from ..table import KBucketTable
 from .bounded import BoundedMap, TokenBucket, expires_at
 from .context import Context
-from .links import DIALING, OPEN, Link, Links
+from .inbox import Received
+from .link import DIALING, OPEN, Link
+from .links import Links
 from .routing import Router
 
 
@@ -122,8 +124,9 @@ class Connector:
 
     # ---------------------------------------------------------------- their offers and answers
 
-    def on_offer(self, sender: bytes, payload: Any, now: float) -> None:
+    def on_offer(self, msg: Received, now: float) -> None:
         """Answer a peer that asks for a link."""
+        sender, payload = msg.sender, msg.payload if msg.has_payload else None
         # An offer from a peer we think is linked is still answered: the asker has no link (its
         # close may not have reached us yet), and a duplicate link is resolved when it opens.
         ctx = self.ctx
@@ -144,9 +147,10 @@ class Connector:
         answer = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
         self.router.originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, now)
 
-    def on_answer(self, sender: bytes, payload: Any, verified: bool, now: float) -> None:
+    def on_answer(self, msg: Received, now: float) -> None:
         """Follow the answer to our offer: dial, start WebRTC, or wait to be dialled."""
         ctx = self.ctx
+        sender, payload = msg.sender, msg.payload
         attempt = self.attempts.get(sender)
         if attempt is None or sender in self.links.table:
             ctx.drop("unexpected-answer", sender.hex())
@@ -168,7 +172,7 @@ class Connector:
         elif ctx.url is not None:
             # It may dial us (it saw our URL in the offer); wait for that until timeout. A 0.0.2
             # peer (unsigned) ignores an offer's URL, but dials the URL of any answer it gets.
-            if not verified:
+            if not msg.verified:
                 answer = {"ws": ctx.url, "wrtc": False}
                 self.router.originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, now)
         else:
@@ -189,10 +193,11 @@ class Connector:
             return
         self.router.originate(link.expected.hex(), wire.SIGNAL, signal, now)
 
-    def on_signal(self, sender: bytes, payload: Any, verified: bool, now: float) -> None:
+    def on_signal(self, msg: Received, now: float) -> None:
         """Hand a relayed signal to the WebRTC link it belongs to (starting one for an offer
         from a peer we answered)."""
         ctx = self.ctx
+        sender, payload = msg.sender, msg.payload
         if not ctx.config.webrtc:
             ctx.drop("unexpected-signal", "webrtc is off")
             return
@@ -219,7 +224,7 @@ class Connector:
                 # The link applies the first description only: the DTLS fingerprint in it is
                 # what the remote proves its id with, so the link is as authentic as its message.
                 link.rtc_described = True
-                link.authenticated = verified
+                link.authenticated = msg.verified
         ctx.events.append(SignalIn(handle, payload))
 
     def _settle_second_offer(self, sender: bytes, handle: int, now: float) -> bool:

@@ -25,7 +25,8 @@ from .connect import Connector
 from .context import Context, log
 from .discovery import Discovery
 from .inbox import Inbox, Received
-from .links import DIALING, HELLO, OPEN, Link, Links
+from .link import DIALING, HELLO, OPEN, Link
+from .links import Links
 from .population import for_strategy
 from .routing import Router
 
@@ -71,13 +72,13 @@ class Core:
         self._bootstrap = bootstrap = Bootstrap(ctx, links, connector)
         self._population = strategy(ctx, links, router, discovery, connector, bootstrap)
         self._inbox = Inbox(ctx, verify)
-        self._dispatch: dict[str, Callable[[Received, Envelope, float], None]] = {
+        self._dispatch: dict[str, Callable[[Received, float], None]] = {
             wire.USER: self._on_user,
-            wire.FIND_PEERS: self._on_find_peers,
+            wire.FIND_PEERS: discovery.on_find_peers,
             wire.FOUND_PEERS: self._on_found_peers,
-            wire.HANDSHAKE_OFFER: self._on_offer,
-            wire.HANDSHAKE_ANSWER: self._on_answer,
-            wire.SIGNAL: self._on_signal,
+            wire.HANDSHAKE_OFFER: connector.on_offer,
+            wire.HANDSHAKE_ANSWER: connector.on_answer,
+            wire.SIGNAL: connector.on_signal,
         }
         ctx.next_tick = now + cfg.tick_interval * rng.random()
         self._next_refresh = now + cfg.refresh_interval * (0.5 + rng.random())
@@ -332,28 +333,16 @@ class Core:
         if handler is None:
             self._ctx.drop("unknown-type", received.kind[:32])
         else:
-            handler(received, env, now)
+            handler(received, now)
 
-    def _on_user(self, msg: Received, env: Envelope, now: float) -> None:
+    def _on_user(self, msg: Received, now: float) -> None:
         self.stats.delivered += 1
-        self._ctx.events.append(Delivered(msg.payload, msg.sender, msg.verified, len(env.path)))
+        self._ctx.events.append(Delivered(msg.payload, msg.sender, msg.verified, msg.hops))
 
-    def _on_find_peers(self, msg: Received, env: Envelope, now: float) -> None:
-        self._discovery.on_find_peers(msg.sender, msg.payload, now)
-
-    def _on_found_peers(self, msg: Received, env: Envelope, now: float) -> None:
+    def _on_found_peers(self, msg: Received, now: float) -> None:
         introducer = self._router.newest_origin(now)
         if self._discovery.on_found_peers(msg.payload, introducer, now):
             self._population.populate(now)
-
-    def _on_offer(self, msg: Received, env: Envelope, now: float) -> None:
-        self._connector.on_offer(msg.sender, msg.payload if msg.has_payload else None, now)
-
-    def _on_answer(self, msg: Received, env: Envelope, now: float) -> None:
-        self._connector.on_answer(msg.sender, msg.payload, msg.verified, now)
-
-    def _on_signal(self, msg: Received, env: Envelope, now: float) -> None:
-        self._connector.on_signal(msg.sender, msg.payload, msg.verified, now)
 
     # ------------------------------------------------------------------ wiring of the parts
 

@@ -16,7 +16,9 @@ from ..ids import ID_BYTES, hex_from_wire
 from ..table import KBucketTable
 from .bounded import BoundedMap, TokenBucket
 from .context import Context
-from .links import Link, Links
+from .inbox import Received
+from .link import Link
+from .links import Links
 from .routing import Router
 
 INTRODUCERS_PER_K = 4
@@ -59,14 +61,15 @@ class Discovery:
         """Ask peer ``link_hex`` for the ids it knows nearest ``target_hex``."""
         self.router.originate(link_hex, wire.FIND_PEERS, target_hex, now)
 
-    def on_find_peers(self, sender: bytes, payload: Any, now: float) -> None:
+    def on_find_peers(self, msg: Received, now: float) -> None:
         """Answer with the ids we know nearest the asked one.
 
         Without ``lists_candidates`` only open links are listed: each is alive and one hop from
         us, so the asker can reach it through us. With it, candidates too, as 0.0.2.
         """
         ctx = self.ctx
-        target_hex = hex_from_wire(payload)
+        sender = msg.sender
+        target_hex = hex_from_wire(msg.payload)
         if target_hex is None:
             ctx.drop("bad-data", "findPeers without an id")
             return

@@ -36,6 +36,7 @@ class Received(NamedTuple):
     has_payload: bool
     sender: bytes
     verified: bool
+    hops: int
 
 
 class Inbox:
@@ -92,7 +93,8 @@ class Inbox:
         else:
             verified = False
         self._remember(key, ts, now)
-        return Received(kind, payload, has_payload, bytes.fromhex(env.sender), verified)
+        sender = bytes.fromhex(env.sender)
+        return Received(kind, payload, has_payload, sender, verified, len(env.path))
 
     def _verify(self, env: Envelope, raw_auth: Any, key: int, now: float) -> tuple[int, Any] | None:
         """Check a message's signature, date and replay; return (ts, signed body) or None."""

@@ -19,7 +19,8 @@ from .config import Config
 from .connect import Connector
 from .context import Context
 from .discovery import Discovery
-from .links import Link, Links
+from .link import Link
+from .links import Links
 from .routing import Router
 
 NEAR_MARGIN = 1

@@ -18,7 +18,8 @@ from ..wire import Envelope, WireError
 from .bounded import BoundedMap
 from .confirm import Confirmation
 from .context import Context
-from .links import Link, Links
+from .link import Link
+from .links import Links
 
 
 def _route_expiry(entry: tuple[float, list[str]]) -> float:

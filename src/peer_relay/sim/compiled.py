@@ -1,11 +1,11 @@
 """The simulator's hot modules compiled ahead of time with mypyc: the same source, run faster.
 
-:func:`build` compiles a copy of this package's core, table, ids, wire, events and simulated
-network with mypyc (which ships with mypy, a test dependency; it needs a C compiler and Python's
-headers) into a cache directory named by a hash of the package's sources and the interpreter, so
-it is built once per version of the code. :func:`environ` gives the environment in which a new
-Python process imports that copy instead of the pure-Python one. Nothing else changes: a run
-gives the same digest compiled or not (``tests/sim/test_compiled.py``).
+:func:`build` compiles a copy of this package's core, table, ids, wire, events, pump (host) and
+simulated network with mypyc (which ships with mypy, a test dependency; it needs a C compiler and
+Python's headers) into a cache directory named by a hash of the package's sources and the
+interpreter, so it is built once per version of the code. :func:`environ` gives the environment
+in which a new Python process imports that copy instead of the pure-Python one. Nothing else
+changes: a run gives the same digest compiled or not (``tests/sim/test_compiled.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ CORE_PARTS = (
     "config",
     "context",
     "bounded",
+    "link",
     "links",
     "confirm",
     "routing",
@@ -41,6 +42,7 @@ MODULES = (
     "ids.py",
     "wire.py",
     "events.py",
+    "host.py",
     "sim/network.py",
 )
 """What is compiled (relative to the package): where a simulation spends its time."""

@@ -1,0 +1,75 @@
+"""One direct link: its state and everything known about it (owned by :class:`Links`)."""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class LinkState(IntEnum):
+    """Where a link is in its life. The order matters: every state below OPEN is a handshake."""
+
+    DIALING = 0
+    HELLO = 1
+    PROOF = 2
+    OPEN = 3
+    DRAINING = 4
+    """We closed an open link: frames the remote sent before it saw the close are still
+    delivered or relayed until the adapter reports the link gone (or its deadline passes)."""
+
+
+DIALING, HELLO, PROOF, OPEN, DRAINING = LinkState
+
+
+class Link:
+    """One direct link and everything known about it."""
+
+    __slots__ = (
+        "authenticated",
+        "awaiting",
+        "deadline",
+        "expected",
+        "handle",
+        "held",
+        "my_nonce",
+        "opened_at",
+        "outbound",
+        "peer_hex",
+        "peer_id",
+        "peer_int",
+        "pending",
+        "ping_due",
+        "ping_seq",
+        "remote_key",
+        "remote_nonce",
+        "rtc_described",
+        "state",
+        "strikes",
+        "transport",
+        "url",
+    )
+
+    def __init__(self, handle: int, outbound: bool, transport: str, deadline: float) -> None:
+        self.handle = handle
+        self.outbound = outbound
+        self.transport = transport
+        self.state = DIALING
+        self.deadline = deadline
+        self.expected: bytes | None = None
+        self.peer_id = b""
+        self.peer_hex = ""
+        self.peer_int = 0
+        self.my_nonce = b""
+        self.remote_key: bytes | None = None
+        self.remote_nonce = b""
+        self.authenticated = False
+        self.opened_at = 0.0
+        self.strikes = 0
+        self.rtc_described = False  # a WebRTC link that was handed the remote's description
+        self.url: str | None = None  # the URL we dialled
+        # User messages sent on the link and not yet confirmed (see confirm.py): those the
+        # outstanding ping (number ping_seq, due back by ping_due) covers, and those after it.
+        self.awaiting: list[bytes] = []
+        self.pending: list[bytes] = []
+        self.held = 0  # their bytes
+        self.ping_seq = 0
+        self.ping_due = float("inf")

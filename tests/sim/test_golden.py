@@ -79,6 +79,31 @@ def _trace(real_crypto: bool) -> str:
     return h.hexdigest()
 
 
+def _partition_trace() -> str:
+    """Hash every event over a partition that heals and a newcomer whose bootstrap dial fails:
+    the bootstrap peers' redials."""
+    net = SimNetwork(seed=8)
+    h = hashlib.sha256()
+    net.on_trace = lambda node, event: h.update(f"{node.index} {net.now:.6f} {event!r}\n".encode())
+    rng = random.Random(3)
+    nodes: list[SimNode] = [net.add_node()]
+    for i in range(1, 40):
+        net.run(0.3)
+        nodes.append(net.add_node(bootstrap=[rng.choice(nodes[:i])]))
+    net.run(20.0)
+    a, b = nodes[:20], nodes[20:]
+    net.partition([a, b])
+    newcomer = net.add_node(bootstrap=[b[0]])  # in no group: its dial fails
+    net.run(60.0)
+    net.heal()
+    net.run(90.0)
+    for _ in range(30):
+        net.send(rng.choice(a), rng.choice([*b, newcomer]).id, "x")
+        net.run(0.1)
+    net.run(10.0)
+    return h.hexdigest()
+
+
 TRACES = {
     False: "623977a53d32c2bdfdbaedbff218a01f180ef97263c665fc8dbfa214d16b0119",
     True: "480cd09540e1be2c95808f9c0c39edde4c89f73801999ea52d34a8bf9f62e637",
@@ -88,3 +113,10 @@ TRACES = {
 @pytest.mark.parametrize("real_crypto", [False, True])
 def test_event_trace_is_pinned(real_crypto: bool) -> None:
     assert _trace(real_crypto) == TRACES[real_crypto]
+
+
+PARTITION_TRACE = "f8e57833277a704feee6513292118099144db4cd02db0aeecfb3a1bd244e65d2"
+
+
+def test_partition_and_redial_trace_is_pinned() -> None:
+    assert _partition_trace() == PARTITION_TRACE

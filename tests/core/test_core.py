@@ -145,9 +145,9 @@ def test_relay_drops_duplicates_and_bounds_its_filter() -> None:
     assert core.stats.relayed == 1 and core.stats.dropped["duplicate"] == 1
     for i in range(10):
         core.frame_received(ha, signed_frame(a, b.id, i, T0, nonce=f"n{i}"), T0)
-    assert len(core._inbox.seen) <= 4
+    assert core.bounds()["seen"] == (4, 4)
     core.handle_timer(T0 + core.config.seen_ttl + 2)
-    assert len(core._inbox.seen) == 0, "entries expire on the clock"
+    assert core.bounds()["seen"] == (0, 4), "entries expire on the clock"
 
 
 def test_hop_limit_and_loops() -> None:

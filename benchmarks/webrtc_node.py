@@ -88,7 +88,7 @@ async def measure_setup(a: PeerRelay, b: PeerRelay, transport: str, runs: int) -
         a.disconnect(b.id)
         await wait_until(lambda: a.id not in b.peers and b.id not in a.peers)
         # let the closed link's resources go before the next run
-        await wait_until(lambda: all(n._rtc is None or not n._rtc._links for n in (a, b)))
+        await wait_until(lambda: all(n._rtc is None or not n._rtc.links for n in (a, b)))
     return {
         "setup_ms": statistics.median(asker_ms),
         "setup_p90_ms": _p90(asker_ms),

@@ -65,7 +65,7 @@ def rtc_leftovers(node: PeerRelay) -> dict[str, Any]:
     core = node._core
     assert core is not None
     open_handles = {link.handle for link in core._open}
-    adapter_links = {} if node._rtc is None else node._rtc._links
+    adapter_links = {} if node._rtc is None else node._rtc.links
     return {
         "pending links": core._pending_links(),
         "connecting": sorted(peer.hex() for peer in core._connecting),
@@ -88,7 +88,7 @@ CLEAN: dict[str, Any] = {
 
 async def test_connect_forms_a_webrtc_link_that_carries_messages_past_the_relay() -> None:
     async with network(rtc(), rtc()) as (hub, (a, b)):
-        assert a._rtc is not None and a._rtc._config.ice_servers == ()  # no STUN by default
+        assert a._rtc is not None and a._rtc.config.ice_servers == ()  # no STUN by default
         assert b.id not in a.peers and a.id not in b.peers
 
         linked_a: list[bytes] = []
@@ -170,7 +170,7 @@ async def test_disconnect_closes_the_webrtc_link_cleanly_on_both_sides() -> None
         assert len(closed_a) == len(closed_b) == 1
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "no WebRTC leftovers")
-            assert node._rtc is not None and node._rtc._links == {}
+            assert node._rtc is not None and node._rtc.links == {}
             assert node._core is not None and node._core._rtc_by_peer == {}
             assert node.peers == [hub.id]
         assert a.link_transport(b.id) is None and b.link_transport(a.id) is None
@@ -229,7 +229,7 @@ async def test_attempt_whose_remote_signals_are_lost_times_out_and_frees_its_slo
         assert a.stats["links_open"] == 1
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "slot freed")
-            assert node._rtc is not None and node._rtc._links == {}
+            assert node._rtc is not None and node._rtc.links == {}
             assert node._core is not None and node._core._rtc_by_peer == {}
 
         # With the signals flowing again, the same peers link.
@@ -315,7 +315,7 @@ async def test_attempt_between_host_addresses_that_cannot_pair_fails_and_frees_i
         assert b.id not in a.peers and a.id not in b.peers
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "slot freed")
-            assert node._rtc is not None and node._rtc._links == {}
+            assert node._rtc is not None and node._rtc.links == {}
         # a is none the worse for it
         await a.connect(c.id, timeout=T)
         assert a.link_transport(c.id) == "webrtc"

@@ -1,8 +1,8 @@
-"""PeerRelay: the asyncio node. It pumps events between links and the core, and is the public API.
+"""PeerRelay: the asyncio node. It hosts the core on asyncio, and is the public API.
 
-All decisions are the core's (:mod:`peer_relay.core`); this module only carries them out: it runs
-the WebSocket server, dials, moves frames, re-arms the core's one timer, and calls the
-application's callbacks.
+All decisions are the core's (:mod:`peer_relay.core`); this module only carries them out, through
+the one pump every host shares (:mod:`peer_relay.host`): it runs the WebSocket server, dials,
+moves frames, arms the core's one timer on the event loop, and calls the application's callbacks.
 """
 
 from __future__ import annotations
@@ -17,31 +17,36 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import fields
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
 
 from .core import Config, Core
-from .events import (
-    CloseLink,
-    ConnectResult,
-    Delivered,
-    DialWebSocket,
-    PeerLinked,
-    PeerUnlinked,
-    SendFrame,
-    SignalIn,
-    StartWebRTC,
-)
+from .events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
+from .host import Pump
 from .identity import Identity
 from .ids import parse_id, short
 from .transports.websocket import WsLink, WsOptions, dial, listen
 from .wire import is_ws_url
 
+if TYPE_CHECKING:
+    from .transports.rtc_adapter import OpenRtcLink, RtcAdapter
+
 _log = logging.getLogger("peer_relay.node")
 
 EVENTS = ("message", "peer", "peer-closed")
 _CONFIG_FIELDS = frozenset(f.name for f in fields(Config)) - {"url", "webrtc", "require_auth"}
+
+
+class _Link(Protocol):
+    """What the node needs of an open link, WebSocket or WebRTC."""
+
+    @property
+    def buffered(self) -> int: ...
+
+    def send(self, frame: bytes) -> bool: ...
+
+    def close(self, reason: str) -> None: ...
 
 
 class PeerId(bytes):
@@ -135,14 +140,14 @@ class PeerRelay:
         self._wrtc = wrtc
         self._ice_servers = tuple(ice_servers)
         self._ice_host_addresses = None if ice_host_addresses is None else tuple(ice_host_addresses)
-        self._rtc: Any = None
+        self._rtc: RtcAdapter | None = None
         self._max_inbox = max_inbox
         self._core: Core | None = None
+        self._pump: Pump | None = None
         self._server: Server | None = None
-        self._links: dict[int, Any] = {}
+        self._links: dict[int, _Link] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
         self._listeners: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENTS}
         self._connect_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._inbox: asyncio.Queue[Message] | None = None
@@ -186,10 +191,9 @@ class PeerRelay:
             rng=random.SystemRandom(),
             now=time.time(),
         )
+        self._pump = Pump(self._core, _NodeHost(self))
         if self._wrtc:
-            from .transports.rtc_adapter import RtcAdapter
-
-            self._rtc = RtcAdapter(self, self._ice_servers, self._ice_host_addresses)
+            self._rtc = self._webrtc_adapter()
         self._core.bootstrap(self._bootstrap, time.time())
         self._flush()
         _log.info("peer %s started, url %s", short(self.id), self.url)
@@ -269,7 +273,7 @@ class PeerRelay:
 
     async def drain(self, low_water: int = 1 << 20) -> None:
         """Wait until every link's send buffer is below ``low_water`` bytes (flow control)."""
-        while any(getattr(link, "buffered", 0) > low_water for link in self._links.values()):
+        while any(link.buffered > low_water for link in self._links.values()):
             await asyncio.sleep(0.001)
 
     async def connect(self, peer_id: object, timeout: float | None = None) -> None:
@@ -351,68 +355,40 @@ class PeerRelay:
         return self._core
 
     def _flush(self) -> None:
-        """Carry out everything the core asked for, then re-arm its timer."""
-        core = self._core
-        if core is None:
-            return
-        links = self._links
-        events = core.events()
-        while events:
-            for event in events:
-                kind = type(event)
-                if kind is SendFrame:
-                    assert isinstance(event, SendFrame)
-                    link = links.get(event.handle)
-                    if link is None or not link.send(event.frame):
-                        # The link is closing, gone or full: the core re-routes the frame.
-                        core.frame_undeliverable(event.handle, event.frame, time.time())
-                elif kind is Delivered:
-                    assert isinstance(event, Delivered)
-                    self._deliver(event)
-                else:
-                    self._handle(event)
-            events = core.events()
-        when = core.get_timer()
-        if when is not None and when != self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = when
+        """Carry out everything the core asked for, then re-arm its timer (the one pump)."""
+        if self._pump is not None:
+            self._pump.drive()
+
+    def _set_timer(self, when: float | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if when is not None and not self._destroyed:
             delay = max(0.0, when - time.time())
             self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
 
-    def _handle(self, event: object) -> None:
-        if isinstance(event, CloseLink):
-            link = self._links.get(event.handle)
-            if link is not None:
-                link.close(event.reason)
-            elif self._rtc is not None:
-                self._rtc.close_link(event.handle, event.reason)
-        elif isinstance(event, DialWebSocket):
-            self._spawn(self._dial(event.handle, event.url))
-        elif isinstance(event, PeerLinked):
-            _log.info("%s linked to %s (%s)", short(self.id), short(event.peer_id), event.transport)
-            if self._link_ready is not None:
-                self._link_ready.set()
-            self._emit("peer", PeerId(event.peer_id, event.authenticated))
-        elif isinstance(event, PeerUnlinked):
-            _log.info("%s unlinked %s: %s", short(self.id), short(event.peer_id), event.reason)
-            self._emit("peer-closed", PeerId(event.peer_id), event.reason)
-        elif isinstance(event, ConnectResult):
-            for fut in self._connect_waiters.get(event.peer_id, []):
-                if not fut.done():
-                    if event.ok:
-                        fut.set_result(None)
-                    else:
-                        fut.set_exception(ConnectionError(f"connect failed: {event.reason}"))
-        elif isinstance(event, StartWebRTC | SignalIn) and self._rtc is not None:
-            self._rtc.handle(event)
-
     def _on_timer(self) -> None:
         self._timer = None
-        self._timer_at = None
-        if self._core is not None and not self._destroyed:
-            self._core.handle_timer(time.time())
-            self._flush()
+        if self._pump is not None and not self._destroyed:
+            self._pump.timer_fired()
+
+    def _peer_linked(self, event: PeerLinked) -> None:
+        _log.info("%s linked to %s (%s)", short(self.id), short(event.peer_id), event.transport)
+        if self._link_ready is not None:
+            self._link_ready.set()
+        self._emit("peer", PeerId(event.peer_id, event.authenticated))
+
+    def _peer_unlinked(self, event: PeerUnlinked) -> None:
+        _log.info("%s unlinked %s: %s", short(self.id), short(event.peer_id), event.reason)
+        self._emit("peer-closed", PeerId(event.peer_id), event.reason)
+
+    def _connect_result(self, event: ConnectResult) -> None:
+        for fut in self._connect_waiters.get(event.peer_id, []):
+            if not fut.done():
+                if event.ok:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(ConnectionError(f"connect failed: {event.reason}"))
 
     def _deliver(self, event: Delivered) -> None:
         sender = PeerId(event.sender, event.verified)
@@ -488,6 +464,103 @@ class PeerRelay:
         # The core may have queued the hello before the link object existed.
         self._flush()
         await link.run()
+
+    # ------------------------------------------------------------------ WebRTC links
+
+    def _webrtc_adapter(self) -> RtcAdapter:
+        from .transports.rtc_adapter import RtcAdapter
+        from .transports.webrtc import RTCConfig
+
+        config = RTCConfig(
+            ice_servers=self._ice_servers,
+            host_addresses=self._ice_host_addresses,
+            open_timeout=self._config.connect_timeout,
+            max_frame=self._config.max_frame,
+            # The same send buffer as a WebSocket link (max_link_buffer): a burst that one
+            # absorbs must not make the other fail its sends and close.
+            max_buffered=self._ws_options.max_buffer,
+        )
+        return RtcAdapter(
+            config,
+            on_signal=self._rtc_signal,
+            on_open=self._rtc_open,
+            on_frame=self._rtc_frame,
+            on_close=self._rtc_close,
+        )
+
+    def _rtc_signal(self, handle: int, signal: dict[str, Any]) -> None:
+        if self._core is not None:
+            self._core.send_signal(handle, signal, time.time())
+            self._flush()
+
+    def _rtc_open(self, handle: int, link: OpenRtcLink) -> None:
+        self._links[handle] = link
+        if self._core is not None:
+            self._core.link_connected(handle, time.time())
+            self._flush()
+
+    def _rtc_frame(self, handle: int, frame: str) -> None:
+        if self._core is not None:
+            self._core.frame_received(handle, frame, time.time())
+            self._flush()
+
+    def _rtc_close(self, handle: int, reason: str) -> None:
+        self._links.pop(handle, None)
+        if self._core is not None:
+            with contextlib.suppress(Exception):
+                self._core.link_closed(handle, time.time(), f"webrtc {reason}")
+                self._flush()
+
+
+class _NodeHost:
+    """The node's side of the one pump (:class:`~peer_relay.host.Host`): asyncio and real links."""
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, peer: PeerRelay) -> None:
+        self._peer = peer
+
+    def now(self) -> float:
+        return time.time()
+
+    def set_timer(self, when: float | None) -> None:
+        self._peer._set_timer(when)
+
+    def send_frame(self, handle: int, frame: bytes) -> bool:
+        # False when the link is closing, gone or full: the core re-routes the frame.
+        link = self._peer._links.get(handle)
+        return link is not None and link.send(frame)
+
+    def close_link(self, handle: int, reason: str) -> None:
+        peer = self._peer
+        link = peer._links.get(handle)
+        if link is not None:
+            link.close(reason)
+        elif peer._rtc is not None:
+            peer._rtc.close_link(handle, reason)
+
+    def dial_websocket(self, handle: int, url: str, expected_id: bytes | None) -> None:
+        self._peer._spawn(self._peer._dial(handle, url))
+
+    def start_webrtc(self, handle: int, peer_id: bytes, initiator: bool) -> None:
+        if self._peer._rtc is not None:
+            self._peer._rtc.start(handle, initiator)
+
+    def signal_in(self, handle: int, signal: Any) -> None:
+        if self._peer._rtc is not None:
+            self._peer._rtc.add_signal(handle, signal)
+
+    def delivered(self, event: Delivered) -> None:
+        self._peer._deliver(event)
+
+    def peer_linked(self, event: PeerLinked) -> None:
+        self._peer._peer_linked(event)
+
+    def peer_unlinked(self, event: PeerUnlinked) -> None:
+        self._peer._peer_unlinked(event)
+
+    def connect_result(self, event: ConnectResult) -> None:
+        self._peer._connect_result(event)
 
 
 async def _logged(awaitable: Any, name: str) -> None:

@@ -183,12 +183,12 @@ async def test_webrtc_attempt_with_the_browser_build_fails_cleanly(
             else:
                 await page.connect_to(p1.id)
                 # the page's attempt reaches the Python side: a WebRTC link is set up there
-                await eventually(lambda: bool(adapter._links), T, "the page's attempt at p1")
+                await eventually(lambda: bool(adapter.links), T, "the page's attempt at p1")
             await eventually(
                 lambda: (
                     not core._connecting
                     and not core._rtc_by_peer
-                    and not adapter._links
+                    and not adapter.links
                     and core._pending_links() == 0
                 ),
                 timeout + 5,

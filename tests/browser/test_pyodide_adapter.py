@@ -218,6 +218,19 @@ async def test_malformed_remote_signals_are_counted_and_dropped(fake_browser: Ti
     for signal in garbage:
         link.add_signal(signal)
     assert sum(link.dropped.values()) == len(garbage)
+    # The very checks, and reasons, of the aiortc link (peer_relay.transports.signals).
+    assert link.dropped == {
+        "not-an-object": 3,
+        "unknown-signal": 2,
+        "bad-sdp": 1,
+        "sdp-too-long": 1,
+        "unexpected-answer": 1,
+        "bad-description-type": 1,
+        "bad-candidate": 2,
+        "empty-candidate": 1,
+        "bad-candidate-mid": 2,
+        "renegotiate": 1,
+    }
     # Valid ones: candidates before the offer are held until the description is set.
     candidate = {"candidate": "candidate:1 1 udp 1 127.0.0.1 9 typ host", "sdpMLineIndex": 0}
     link.add_signal({"type": "candidate", "candidate": candidate})
@@ -228,6 +241,16 @@ async def test_malformed_remote_signals_are_counted_and_dropped(fake_browser: Ti
     assert pc.remote == [{"type": "offer", "sdp": "v=0 remote offer"}]
     assert pc.candidates == [{"candidate": candidate["candidate"], "sdpMLineIndex": 0}]
     assert pc.localDescription.type == "answer"
+    # Unlike aiortc, a browser resolves mDNS names: their candidates are kept.
+    mdns = "candidate:2 1 udp 2122 1f0a3c2e-8f5d-4b1e-9c77-0123456789ab.local 5000 typ host"
+    link.add_signal({"type": "candidate", "candidate": {"candidate": mdns, "sdpMid": "0"}})
+    link.add_signal({"type": "offer", "sdp": "v=0 again"})
+    for _ in range(50):
+        await asyncio.sleep(0)
+    assert pc.candidates[-1] == {"candidate": mdns, "sdpMid": "0"}
+    assert link.dropped["duplicate-description"] == 1
     link.close("test")
     assert pc.closed
+    link.add_signal({"type": "candidate", "candidate": {"candidate": mdns, "sdpMid": "0"}})
+    assert link.dropped["closed"] == 1
     peer.close()

@@ -239,11 +239,11 @@ def test_connect_reports_success_and_timeout() -> None:
     net.run(2.0)
     a.core.disconnect(b.id, net.now)
     a.core.connect(b.id, net.now)
-    net._pump(a)
+    net.pump(a)
     net.run(3.0)
     assert ConnectResult(b.id, True, "linked") in results or b.id in a.core.peers
     a.core.connect(bytes(20), net.now)
-    net._pump(a)
+    net.pump(a)
     net.run(a.core.config.connect_timeout + 2)
     assert ConnectResult(bytes(20), False, "timeout") in results
 

@@ -27,7 +27,6 @@ import pytest
 
 pytest.importorskip("aiortc")
 
-from peer_relay.events import SignalIn
 from peer_relay.identity import Identity
 from peer_relay.node import PeerRelay
 
@@ -51,14 +50,13 @@ def record_signals(node: PeerRelay) -> list[Any]:
     signals: list[Any] = []
     adapter = node._rtc
     assert adapter is not None
-    real_handle = adapter.handle
+    real_add_signal = adapter.add_signal
 
-    def handle(event: Any) -> None:
-        if isinstance(event, SignalIn):
-            signals.append(event.signal)
-        real_handle(event)
+    def add_signal(handle: int, signal: Any) -> None:
+        signals.append(signal)
+        real_add_signal(handle, signal)
 
-    adapter.handle = handle
+    adapter.add_signal = add_signal  # type: ignore[method-assign]
     return signals
 
 
@@ -89,7 +87,7 @@ def nominated_addresses(node: PeerRelay) -> list[tuple[str, str]]:
     """(local, remote) host of the ICE pair each open WebRTC link of ``node`` uses."""
     assert node._rtc is not None
     pairs = []
-    for link in node._rtc._links.values():
+    for link in node._rtc.links.values():
         connection = link._pc.sctp.transport.transport._connection  # aioice, reached through aiortc
         for pair in connection._nominated.values():
             pairs.append((pair.local_candidate.host, pair.remote_candidate.host))
@@ -239,7 +237,7 @@ async def test_original_closing_the_link_closes_the_python_side(
                 await asyncio.sleep(0.01)
             assert closed[0][0] == orig.id and "webrtc" in closed[0][1], closed
             assert py.peers == [hub.id] and py.link_transport(orig.id) is None
-            assert py._rtc is not None and py._rtc._links == {}
+            assert py._rtc is not None and py._rtc.links == {}
             assert py._core is not None and py._core._rtc_by_peer == {}
 
             # 0.0.2 itself keeps the dead link in its table (its WebRTC channel never emits
@@ -265,7 +263,7 @@ async def test_python_closing_the_link_leaves_python_clean(original: OriginalNet
             assert closed == [(orig.id, "disconnect")]
             loop = asyncio.get_running_loop()
             deadline = loop.time() + T
-            while py._rtc is not None and py._rtc._links:
+            while py._rtc is not None and py._rtc.links:
                 if loop.time() > deadline:
                     pytest.fail("the WebRTC link was not released")
                 await asyncio.sleep(0.01)
@@ -295,5 +293,5 @@ async def test_both_sides_connect_at_once(original: OriginalNetwork, lower_id: s
             await original.wait_peer("o", hub.id)
             await asyncio.gather(py.connect(orig.id, timeout=T), original.connect("o", py.id))
             await wait_linked(original, py, orig)
-            assert py._rtc is not None and len(py._rtc._links) == 1
+            assert py._rtc is not None and len(py._rtc.links) == 1
             await exchange_direct(original, py, orig)

@@ -36,10 +36,12 @@ PYODIDE_FILES = (
 STATIC = Path(__file__).with_name("static")
 PACKAGE = Path(__file__).resolve().parents[1]
 # Modules a browser peer does not need (they import websockets, aiortc or asyncio servers).
-EXCLUDED = {"node.py", "socket.py", "cli.py", "transports", "sim", "static"} | {
+EXCLUDED = {"node.py", "socket.py", "cli.py", "sim", "static"} | {
     "build.py",
     "server.py",
 }
+# Of transports/, only the pure signal checks the browser's WebRTC links share with aiortc's.
+TRANSPORTS_KEPT = {"__init__.py", "signals.py"}
 _ZIP_TIME = (2024, 1, 1, 0, 0, 0)
 
 
@@ -81,6 +83,8 @@ def _package_files() -> list[tuple[Path, str]]:
     for path in sorted(PACKAGE.rglob("*")):
         rel = path.relative_to(PACKAGE)
         if path.is_dir() or any(part in EXCLUDED for part in rel.parts):
+            continue
+        if rel.parts[0] == "transports" and rel.name not in TRANSPORTS_KEPT:
             continue
         if path.suffix == ".py" or path.name == "py.typed":
             files.append((path, f"peer_relay/{rel.as_posix()}"))

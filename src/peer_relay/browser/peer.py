@@ -8,8 +8,11 @@ for with the browser's own objects, reached through Pyodide's ``js`` module:
 - WebRTC links on ``RTCPeerConnection``: one ordered, reliable data channel opened in-band by
   the initiator, signals in simple-peer's format (``{type: "offer"|"answer", sdp}``, and
   trickled ``{type: "candidate", candidate: {candidate, sdpMLineIndex, sdpMid}}``), frames =
-  envelopes, as :mod:`peer_relay.transports.webrtc`;
-- the core's one timer on ``setTimeout``.
+  envelopes, as :mod:`peer_relay.transports.webrtc`, with the same checks of remote signals
+  (:mod:`peer_relay.transports.signals`), except that mDNS candidates are kept (a browser
+  resolves them);
+- the core's one timer on ``setTimeout``, re-armed by the one pump every host shares
+  (:mod:`peer_relay.host`).
 
 The page script talks to it through ``peer-relay.js``; values cross as JSON text, so no Python
 object is held by JavaScript beyond the peer itself. Events go out through one JavaScript
@@ -39,26 +42,15 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core import Config, Core
-from ..events import (
-    CloseLink,
-    ConnectResult,
-    Delivered,
-    DialWebSocket,
-    PeerLinked,
-    PeerUnlinked,
-    SendFrame,
-    SignalIn,
-    StartWebRTC,
-)
+from ..events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
+from ..host import Pump
 from ..identity import Identity
 from ..ids import parse_id, short
+from ..transports.signals import Candidate, Description, Remote, SignalFilter
 
 _log = logging.getLogger("peer_relay.browser")
 
 CHANNEL_LABEL = "peer-relay"
-MAX_SIGNALS = 256
-MAX_SDP_CHARS = 64 * 1024
-MAX_CANDIDATE_CHARS = 1024
 CLOSE_TIMEOUT = 2.0
 """Seconds a closing WebRTC link waits for its data channel to close before the connection."""
 
@@ -176,10 +168,11 @@ class _RtcLink:
         self._closed = False
         self._finished = False
         self._channel: Any = None
-        self._signals: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        self._signal_count = 0
+        # The browser resolves mDNS (.local) candidates itself, so they are kept.
+        self._filter = SignalFilter(initiator, allow_mdns=True)
+        self._signals: asyncio.Queue[Remote] = asyncio.Queue()
         self._have_remote = False
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[Candidate] = []
         self.opened = False
         self.dropped: dict[str, int] = {}
         servers = [{"urls": url} for url in peer.ice_servers]
@@ -208,46 +201,13 @@ class _RtcLink:
 
     def add_signal(self, signal: Any) -> None:
         """Queue one remote simple-peer signal; malformed ones are counted and dropped."""
-        reason = self._check_signal(signal)
-        if reason is not None:
-            self.dropped[reason] = self.dropped.get(reason, 0) + 1
-            _log.debug("dropped signal (%s): %.200r", reason, signal)
+        parts = self._filter.check(signal)
+        if isinstance(parts, str):
+            self.dropped[parts] = self.dropped.get(parts, 0) + 1
+            _log.debug("dropped signal (%s): %.200r", parts, signal)
             return
-        self._signals.put_nowait(signal)
-
-    def _check_signal(self, signal: Any) -> str | None:
-        if self._closed:
-            return "closed"
-        if type(signal) is not dict:
-            return "not-an-object"
-        self._signal_count += 1
-        if self._signal_count > MAX_SIGNALS:
-            return "too-many-signals"
-        if "sdp" in signal:
-            sdp, kind = signal.get("sdp"), signal.get("type")
-            if type(sdp) is not str or not sdp or len(sdp) > MAX_SDP_CHARS:
-                return "bad-sdp"
-            if kind not in ("offer", "answer") or (kind == "offer") == self._initiator:
-                return "unexpected-description"
-            return None
-        if "candidate" in signal:
-            cand = signal["candidate"]
-            if type(cand) is not dict or type(cand.get("candidate")) is not str:
-                return "bad-candidate"
-            line = cand["candidate"]
-            if not line:
-                return "empty-candidate"
-            if len(line) > MAX_CANDIDATE_CHARS:
-                return "bad-candidate"
-            mid, index = cand.get("sdpMid"), cand.get("sdpMLineIndex")
-            if mid is None and index is None:
-                return "bad-candidate-mid"
-            if mid is not None and type(mid) is not str:
-                return "bad-candidate-mid"
-            if index is not None and type(index) is not int:
-                return "bad-candidate-mid"
-            return None
-        return "unknown-signal"
+        for part in parts:
+            self._signals.put_nowait(part)
 
     def close(self, reason: str) -> None:
         """Close the channel first, so that its queued data goes out, then the connection.
@@ -258,6 +218,7 @@ class _RtcLink:
         if self._closed:
             return
         self._closed = True
+        self._filter.close()
         self._peer._link_gone(self._handle, f"webrtc {reason}")
         channel = self._channel
         if channel is not None and channel.readyState in ("connecting", "open"):
@@ -289,43 +250,40 @@ class _RtcLink:
                 await pc.setLocalDescription(offer)
                 self._emit_signal({"type": "offer", "sdp": pc.localDescription.sdp})
             while not self._closed:
-                signal = await self._signals.get()
+                part = await self._signals.get()
                 if self._closed:
                     return
-                if "sdp" in signal:
-                    await self._apply_description(signal)
-                if "candidate" in signal:
-                    candidate = signal["candidate"]
-                    if self._have_remote:
-                        await self._add_candidate(candidate)
-                    else:
-                        self._pending.append(candidate)
+                if isinstance(part, Description):
+                    await self._apply_description(part)
+                elif self._have_remote:
+                    await self._add_candidate(part)
+                else:
+                    self._pending.append(part)
         except Exception as exc:
             if not self._closed:
                 _log.warning("WebRTC link %d failed: %r", self._handle, exc)
                 self.close("failed")
 
-    async def _apply_description(self, signal: dict[str, Any]) -> None:
-        if self._have_remote:
-            self.dropped["duplicate"] = self.dropped.get("duplicate", 0) + 1
-            return
+    async def _apply_description(self, description: Description) -> None:
         pc = self._pc
-        await pc.setRemoteDescription(_js_object({"type": signal["type"], "sdp": signal["sdp"]}))
+        await pc.setRemoteDescription(
+            _js_object({"type": description.type, "sdp": description.sdp})
+        )
         self._have_remote = True
         pending, self._pending = self._pending, []
         for candidate in pending:
             await self._add_candidate(candidate)
-        if signal["type"] == "offer" and not self._closed:
+        if description.type == "offer" and not self._closed:
             answer = await pc.createAnswer()
             await pc.setLocalDescription(answer)
             self._emit_signal({"type": "answer", "sdp": pc.localDescription.sdp})
 
-    async def _add_candidate(self, candidate: dict[str, Any]) -> None:
-        init = {"candidate": candidate["candidate"]}
-        if candidate.get("sdpMid") is not None:
-            init["sdpMid"] = candidate["sdpMid"]
-        if candidate.get("sdpMLineIndex") is not None:
-            init["sdpMLineIndex"] = candidate["sdpMLineIndex"]
+    async def _add_candidate(self, candidate: Candidate) -> None:
+        init: dict[str, Any] = {"candidate": candidate.line}
+        if candidate.sdp_mid is not None:
+            init["sdpMid"] = candidate.sdp_mid
+        if candidate.sdp_mline_index is not None:
+            init["sdpMLineIndex"] = candidate.sdp_mline_index
         try:
             await self._pc.addIceCandidate(_js_object(init))
         except Exception as exc:  # one bad candidate does not end the attempt
@@ -430,10 +388,10 @@ class BrowserPeer:
                 raise ValueError(f"bootstrap URL must be ws:// or wss://, got {url!r}")
         self.config = Config(url=None, webrtc=webrtc, require_auth=not allow_unsigned, **options)
         self._core: Core | None = None
+        self._pump: Pump | None = None
         self._links: dict[int, _WsLink | _RtcLink] = {}
         self._node_drops: dict[str, int] = {}
         self._timer_id: Any = None
-        self._timer_at: float | None = None
         self._timer_proxy: Any = None
         self._tasks: set[asyncio.Future[Any]] = set()
         self._destroyed = False
@@ -446,6 +404,7 @@ class BrowserPeer:
             return
         self._timer_proxy = _ffi().create_proxy(self._on_timer)
         self._core = Core(self.identity, self.config, rng=random.SystemRandom(), now=time.time())
+        self._pump = Pump(self._core, _BrowserHost(self))
         self._core.bootstrap(self._bootstrap, time.time())
         self._flush()
 
@@ -526,63 +485,26 @@ class BrowserPeer:
         self._flush()
 
     def _link_gone(self, handle: int, reason: str) -> None:
-        self._links.pop(handle, None)
+        """A link ended: tell the core, unless the core closed it (then it is already gone)."""
+        if self._links.pop(handle, None) is None:
+            return
         core = self._core
         if core is not None and not self._destroyed:
             core.link_closed(handle, time.time(), reason)
             self._flush()
 
     def _flush(self) -> None:
-        core = self._core
-        if core is None:
-            return
-        events = core.events()
-        while events:  # handling an event may give the core more to do (a re-routed frame)
-            for event in events:
-                try:
-                    self._handle(event)
-                except Exception:
-                    _log.exception("handling %r failed", type(event).__name__)
-            events = core.events()
-        if self._destroyed:
-            return
-        when = core.get_timer()
-        if when is not None and when != self._timer_at:
-            js = _js()
-            if self._timer_id is not None:
-                js.clearTimeout(self._timer_id)
-            self._timer_at = when
-            self._timer_id = js.setTimeout(self._timer_proxy, max(0.0, when - time.time()) * 1000)
+        """Carry out everything the core asked for, then re-arm its timer (the one pump)."""
+        if self._pump is not None:
+            self._pump.drive()
 
-    def _handle(self, event: object) -> None:
-        if isinstance(event, SendFrame):
-            link = self._links.get(event.handle)
-            core = self._core
-            # Closing, gone or full: the core takes the link out of routing and re-routes.
-            if (link is None or not link.send(event.frame)) and core is not None:
-                core.frame_undeliverable(event.handle, event.frame, time.time())
-        elif isinstance(event, Delivered):
-            info = {"verified": event.verified, "hops": event.hops}
-            self._emit("message", [event.data, event.sender.hex(), info])
-        elif isinstance(event, CloseLink):
-            link = self._links.pop(event.handle, None)
-            if link is not None:
-                link.close(event.reason)
-        elif isinstance(event, DialWebSocket):
-            self._links[event.handle] = _WsLink(self, event.handle, event.url)
-        elif isinstance(event, StartWebRTC):
-            self._links[event.handle] = _RtcLink(self, event.handle, event.initiator)
-        elif isinstance(event, SignalIn):
-            link = self._links.get(event.handle)
-            if isinstance(link, _RtcLink):
-                link.add_signal(event.signal)
-        elif isinstance(event, PeerLinked):
-            _log.info("%s linked to %s (%s)", short(self.id), short(event.peer_id), event.transport)
-            self._emit("peer", [event.peer_id.hex(), event.transport])
-        elif isinstance(event, PeerUnlinked):
-            self._emit("peer-closed", [event.peer_id.hex(), event.reason])
-        elif isinstance(event, ConnectResult):
-            self._emit("connect", [event.peer_id.hex(), event.ok, event.reason])
+    def _set_timer(self, when: float | None) -> None:
+        js = _js()
+        if self._timer_id is not None:
+            js.clearTimeout(self._timer_id)
+            self._timer_id = None
+        if when is not None and not self._destroyed:
+            self._timer_id = js.setTimeout(self._timer_proxy, max(0.0, when - time.time()) * 1000)
 
     def _emit(self, name: str, args: list[Any]) -> None:
         try:
@@ -592,12 +514,75 @@ class BrowserPeer:
 
     def _on_timer(self) -> None:
         self._timer_id = None
-        self._timer_at = None
-        if self._core is not None and not self._destroyed:
-            self._core.handle_timer(time.time())
-            self._flush()
+        if self._pump is not None and not self._destroyed:
+            self._pump.timer_fired()
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+class _BrowserHost:
+    """The browser's side of the one pump (:class:`~peer_relay.host.Host`)."""
+
+    __slots__ = ("_peer",)
+
+    def __init__(self, peer: BrowserPeer) -> None:
+        self._peer = peer
+
+    def now(self) -> float:
+        return time.time()
+
+    def set_timer(self, when: float | None) -> None:
+        self._peer._set_timer(when)
+
+    def send_frame(self, handle: int, frame: bytes) -> bool:
+        # False when the link is closing, gone or full: the core takes it out of routing and
+        # re-routes the frame.
+        link = self._peer._links.get(handle)
+        return link is not None and link.send(frame)
+
+    def close_link(self, handle: int, reason: str) -> None:
+        link = self._peer._links.pop(handle, None)
+        if link is not None:
+            link.close(reason)
+
+    def dial_websocket(self, handle: int, url: str, expected_id: bytes | None) -> None:
+        try:
+            self._peer._links[handle] = _WsLink(self._peer, handle, url)
+        except Exception as exc:  # the browser refused the URL, say
+            self._failed(handle, "dial failed", exc)
+
+    def start_webrtc(self, handle: int, peer_id: bytes, initiator: bool) -> None:
+        try:
+            self._peer._links[handle] = _RtcLink(self._peer, handle, initiator)
+        except Exception as exc:  # the browser refused the configuration, say
+            self._failed(handle, "webrtc failed", exc)
+
+    def signal_in(self, handle: int, signal: Any) -> None:
+        link = self._peer._links.get(handle)
+        if isinstance(link, _RtcLink):
+            link.add_signal(signal)
+
+    def delivered(self, event: Delivered) -> None:
+        info = {"verified": event.verified, "hops": event.hops}
+        self._peer._emit("message", [event.data, event.sender.hex(), info])
+
+    def peer_linked(self, event: PeerLinked) -> None:
+        peer = self._peer
+        _log.info("%s linked to %s (%s)", short(peer.id), short(event.peer_id), event.transport)
+        peer._emit("peer", [event.peer_id.hex(), event.transport])
+
+    def peer_unlinked(self, event: PeerUnlinked) -> None:
+        self._peer._emit("peer-closed", [event.peer_id.hex(), event.reason])
+
+    def connect_result(self, event: ConnectResult) -> None:
+        self._peer._emit("connect", [event.peer_id.hex(), event.ok, event.reason])
+
+    def _failed(self, handle: int, reason: str, exc: Exception) -> None:
+        """A link could not even start: the core hears of it at once (the pump drains)."""
+        _log.warning("link %d: %s: %r", handle, reason, exc)
+        core = self._peer._core
+        if core is not None:
+            core.link_closed(handle, time.time(), reason)

@@ -1,8 +1,9 @@
 """A deterministic network of cores: virtual clock, seeded randomness, simulated links.
 
-Each simulated peer runs the very same :class:`peer_relay.core.Core` as a live node; this module
-only plays the part of the asyncio adapter: it carries frames between cores with a latency drawn
-from a distribution, optionally loses them, opens WebSocket-like links on dial, and fires timers.
+Each simulated peer runs the very same :class:`peer_relay.core.Core` as a live node, driven by the
+very same pump (:class:`peer_relay.host.Pump`); this module only plays the part of the asyncio
+host: it carries frames between cores with a latency drawn from a distribution, optionally loses
+them, opens WebSocket-like links on dial, and fires timers.
 Given the same seed and the same calls, a run is identical.
 
 Failures it models: a clean leave (the core closes every link, the remotes see the close one
@@ -13,6 +14,7 @@ lost; links that cross stay silent until their keepalive timeout closes them) an
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import random
@@ -21,15 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import Config, Core
-from ..events import (
-    CloseLink,
-    ConnectResult,
-    Delivered,
-    DialWebSocket,
-    PeerLinked,
-    PeerUnlinked,
-    SendFrame,
-)
+from ..events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
+from ..host import Pump
 from ..identity import Identity
 
 EPOCH = 1_700_000_000.0
@@ -104,6 +99,8 @@ class SimNode:
     """Carried links: our handle -> (remote node, its handle)."""
     clock: dict[int, float] = field(default_factory=dict)
     """Arrival time of the last frame sent on each link (links are ordered streams)."""
+    pump: Pump = field(init=False)
+    """Drives :attr:`core` (the same pump as a live node's)."""
 
     @property
     def id(self) -> bytes:
@@ -150,8 +147,18 @@ class SimNetwork:
         self.user_frames = 0
         self.on_deliver: Callable[[SimNode, Delivered], None] | None = None
         self.on_event: Callable[[SimNode, object], None] | None = None
-        self.on_trace: Callable[[SimNode, object], None] | None = None
+        self._on_trace: Callable[[SimNode, object], None] | None = None
+
+    @property
+    def on_trace(self) -> Callable[[SimNode, object], None] | None:
         """Called with every event of every core, in the order the cores emit them."""
+        return self._on_trace
+
+    @on_trace.setter
+    def on_trace(self, trace: Callable[[SimNode, object], None] | None) -> None:
+        self._on_trace = trace
+        for node in self.nodes:
+            node.pump.trace = None if trace is None else functools.partial(trace, node)
 
     # ---------------------------------------------------------------- building the network
 
@@ -174,13 +181,16 @@ class SimNetwork:
         url = f"ws://sim-{index}" if listen else None
         core.set_url(url)
         node = SimNode(index, core, url, joined_at=self.now)
+        node.pump = Pump(core, _SimHost(self, node))
+        if self._on_trace is not None:
+            node.pump.trace = functools.partial(self._on_trace, node)
         self.nodes.append(node)
         self.by_id[node.id] = node
         if url is not None:
             self.by_url[url] = node
         if bootstrap:
             core.bootstrap([b.url for b in bootstrap if b.url], self.now)
-        self._pump(node)
+        self.pump(node)
         return node
 
     def alive(self) -> list[SimNode]:
@@ -206,7 +216,7 @@ class SimNetwork:
         if not node.alive:
             return
         node.core.close(self.now)
-        self._pump(node)
+        self.pump(node)
         node.alive = False
         node.left_at = self.now
         if node.url is not None:
@@ -276,87 +286,29 @@ class SimNetwork:
     def send(self, node: SimNode, to: bytes, data: Any) -> None:
         """The application of ``node`` sends ``data`` to ``to``."""
         node.core.send(to, data, self.now)
-        self._pump(node)
+        self.pump(node)
 
-    def _pump(self, node: SimNode) -> None:
-        if not node.alive:
-            return
-        core = node.core
-        trace = self.on_trace
-        for event in core.events():
-            if trace is not None:
-                trace(node, event)
-            if isinstance(event, SendFrame):
-                self._carry(node, event.handle, event.frame)
-            elif isinstance(event, Delivered):
-                if self.keep_inbox:
-                    node.inbox.append(event)
-                if self.on_deliver is not None:
-                    self.on_deliver(node, event)
-            elif isinstance(event, DialWebSocket):
-                self.at(self.latency(self.rng), self._connect, node, event.handle, event.url)
-            elif isinstance(event, CloseLink):
-                pair = node.links.pop(event.handle, None)
-                node.clock.pop(event.handle, None)
-                if pair is not None:
-                    peer, peer_handle = pair
-                    if peer.links.get(peer_handle, (None, 0))[0] is node:
-                        self.at(self.latency(self.rng), self._remote_closed, peer, peer_handle)
-                # The closing side learns the connection is gone once the close handshake
-                # has crossed the link both ways; until then frames in flight still arrive.
-                delay = 2 * self.latency(self.rng)
-                self.at(delay, self._remote_closed, node, event.handle, "closed")
-            elif self.on_event is not None and isinstance(
-                event, PeerLinked | PeerUnlinked | ConnectResult
-            ):
-                self.on_event(node, event)
-        timer = core.get_timer()
-        if timer is not None and (node.timer_at is None or timer < node.timer_at):
-            node.timer_at = timer
-            self._seq += 1
-            entry = (max(timer, self.now), self._seq, self._fire, (node, timer))
-            heapq.heappush(self._queue, entry)
+    def pump(self, node: SimNode) -> None:
+        """Carry out what the core of ``node`` asked for (nothing once it is gone); call it after
+        calling ``node.core`` directly."""
+        if node.alive:
+            node.pump.drive()
 
     def _fire(self, node: SimNode, when: float) -> None:
         if node.timer_at != when or not node.alive:
-            return
+            return  # re-armed or disarmed since, or gone
         node.timer_at = None
-        node.core.handle_timer(self.now)
-        self._pump(node)
-
-    def _carry(self, node: SimNode, handle: int, frame: bytes) -> None:
-        pair = node.links.get(handle)
-        if pair is None:
-            # The link is gone on our side: the adapter reports the frame back, as a live one does.
-            self.at(0.0, self._undeliverable, node, handle, frame)
-            return
-        peer, peer_handle = pair
-        self.frames_sent += 1
-        if self.count_user and USER_MARK in frame:
-            self.user_frames += 1
-        if (self.partition_of and self._cut(node, peer)) or (
-            self.loss and not frame.startswith(_HANDSHAKE) and self.rng.random() < self.loss
-        ):
-            self.frames_lost += 1
-            return
-        # Links are ordered streams: a frame never overtakes the one before it.
-        arrive = self.now + self.latency(self.rng)
-        last = node.clock.get(handle, 0.0)
-        if arrive <= last:
-            arrive = last + 1e-6
-        node.clock[handle] = arrive
-        self._seq += 1
-        heapq.heappush(self._queue, (arrive, self._seq, self._arrive, (peer, peer_handle, frame)))
+        node.pump.timer_fired()
 
     def _undeliverable(self, node: SimNode, handle: int, frame: bytes) -> None:
         if node.alive:
             node.core.frame_undeliverable(handle, frame, self.now)
-            self._pump(node)
+            node.pump.drive()
 
     def _arrive(self, peer: SimNode, handle: int, frame: bytes) -> None:
         if peer.alive:
             peer.core.frame_received(handle, frame, self.now)
-            self._pump(peer)
+            peer.pump.drive()
         else:
             self.frames_dead += 1
 
@@ -366,14 +318,14 @@ class SimNetwork:
         target = self.by_url.get(url)
         if target is None or not target.alive or self._cut(node, target):
             node.core.link_closed(handle, self.now, "connection refused")
-            self._pump(node)
+            self.pump(node)
             return
         peer_handle = target.core.link_accepted(self.now)
         node.links[handle] = (target, peer_handle)
         target.links[peer_handle] = (node, handle)
         node.core.link_connected(handle, self.now)
-        self._pump(target)
-        self._pump(node)
+        self.pump(target)
+        self.pump(node)
 
     def _silent_close(self, node: SimNode, handle: int, dead: SimNode) -> None:
         if node.links.get(handle, (None, 0))[0] is dead:
@@ -384,4 +336,94 @@ class SimNetwork:
         node.links.pop(handle, None)
         if node.alive:
             node.core.link_closed(handle, self.now, reason)
-            self._pump(node)
+            node.pump.drive()
+
+
+class _SimHost:
+    """Carries out the events of one simulated peer's core on the network's virtual links."""
+
+    __slots__ = ("net", "node")
+
+    def __init__(self, net: SimNetwork, node: SimNode) -> None:
+        self.net = net
+        self.node = node
+
+    def now(self) -> float:
+        return self.net.now
+
+    def set_timer(self, when: float | None) -> None:
+        net = self.net
+        self.node.timer_at = when
+        if when is not None:  # an entry left behind by a re-arm is skipped by _fire
+            net._seq += 1
+            entry = (max(when, net.now), net._seq, net._fire, (self.node, when))
+            heapq.heappush(net._queue, entry)
+
+    def send_frame(self, handle: int, frame: bytes) -> bool:
+        net, node = self.net, self.node
+        pair = node.links.get(handle)
+        if pair is None:
+            # The link is gone on our side: the adapter reports the frame back, as a live one does.
+            net.at(0.0, net._undeliverable, node, handle, frame)
+            return True
+        peer, peer_handle = pair
+        net.frames_sent += 1
+        if net.count_user and USER_MARK in frame:
+            net.user_frames += 1
+        if (net.partition_of and net._cut(node, peer)) or (
+            net.loss and not frame.startswith(_HANDSHAKE) and net.rng.random() < net.loss
+        ):
+            net.frames_lost += 1
+            return True
+        # Links are ordered streams: a frame never overtakes the one before it.
+        arrive = net.now + net.latency(net.rng)
+        last = node.clock.get(handle, 0.0)
+        if arrive <= last:
+            arrive = last + 1e-6
+        node.clock[handle] = arrive
+        net._seq += 1
+        heapq.heappush(net._queue, (arrive, net._seq, net._arrive, (peer, peer_handle, frame)))
+        return True
+
+    def close_link(self, handle: int, reason: str) -> None:
+        net, node = self.net, self.node
+        pair = node.links.pop(handle, None)
+        node.clock.pop(handle, None)
+        if pair is not None:
+            peer, peer_handle = pair
+            if peer.links.get(peer_handle, (None, 0))[0] is node:
+                net.at(net.latency(net.rng), net._remote_closed, peer, peer_handle)
+        # The closing side learns the connection is gone once the close handshake
+        # has crossed the link both ways; until then frames in flight still arrive.
+        delay = 2 * net.latency(net.rng)
+        net.at(delay, net._remote_closed, node, handle, "closed")
+
+    def dial_websocket(self, handle: int, url: str, expected_id: bytes | None) -> None:
+        net = self.net
+        net.at(net.latency(net.rng), net._connect, self.node, handle, url)
+
+    def start_webrtc(self, handle: int, peer_id: bytes, initiator: bool) -> None:
+        pass  # the simulator carries WebSocket-like links only
+
+    def signal_in(self, handle: int, signal: Any) -> None:
+        pass
+
+    def delivered(self, event: Delivered) -> None:
+        net = self.net
+        if net.keep_inbox:
+            self.node.inbox.append(event)
+        if net.on_deliver is not None:
+            net.on_deliver(self.node, event)
+
+    def peer_linked(self, event: PeerLinked) -> None:
+        self._app_event(event)
+
+    def peer_unlinked(self, event: PeerUnlinked) -> None:
+        self._app_event(event)
+
+    def connect_result(self, event: ConnectResult) -> None:
+        self._app_event(event)
+
+    def _app_event(self, event: object) -> None:
+        if self.net.on_event is not None:
+            self.net.on_event(self.node, event)

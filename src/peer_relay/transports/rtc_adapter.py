@@ -1,41 +1,40 @@
-"""Glue between the node and :class:`~peer_relay.transports.webrtc.RTCLink`.
+"""WebRTC links for a host: creates :class:`~peer_relay.transports.webrtc.RTCLink` objects on
+request and reports what happens on them through callbacks, as a WebSocket link does.
 
-The core decides when a WebRTC link starts (``StartWebRTC``) and hands over verified signals
-(``SignalIn``); this adapter creates the links, relays their outgoing signals through the core,
-and registers open links with the node so that frames flow like on any other link.
+The core decides when a WebRTC link starts (``StartWebRTC``) and hands over verified remote
+signals (``SignalIn``); the host passes them to :meth:`RtcAdapter.start` and
+:meth:`RtcAdapter.add_signal`. The adapter knows nothing of the host: it reports a link's outgoing
+signals, its opening (with an :class:`OpenRtcLink` to send on), its frames and its end through the
+four callbacks it was given, each with the link's handle.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Mapping
+from types import MappingProxyType
+from typing import Any
 
-from ..events import SignalIn, StartWebRTC
 from .webrtc import RTCConfig, RTCLink, RTCLinkError
 
-if TYPE_CHECKING:
-    from ..node import PeerRelay
 
-_log = logging.getLogger("peer_relay.webrtc")
+class OpenRtcLink:
+    """An open WebRTC link as a host sends on it: :meth:`send` never raises, :meth:`close`
+    returns at once (the link closes in the background)."""
 
+    __slots__ = ("_link", "_spawn")
 
-class _OpenRtcLink:
-    """The node-facing side of an open RTCLink: ``send`` never raises, ``close`` is sync."""
-
-    __slots__ = ("_adapter", "_link")
-
-    def __init__(self, adapter: RtcAdapter, link: RTCLink) -> None:
-        self._adapter = adapter
+    def __init__(self, link: RTCLink, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self._link = link
+        self._spawn = spawn
 
     @property
     def buffered(self) -> int:
+        """Bytes sent and not yet handed to SCTP."""
         return self._link.buffered_amount
 
     def send(self, frame: bytes) -> bool:
+        """Send one frame; False if the link is not open, the frame too large or the buffer full."""
         try:
             self._link.send(frame.decode())
         except (RTCLinkError, ValueError):
@@ -43,92 +42,84 @@ class _OpenRtcLink:
         return True
 
     def close(self, reason: str) -> None:
-        self._adapter.spawn(self._link.close())
+        """Start closing the link; its ``on_close`` follows."""
+        self._spawn(self._link.close())
 
 
 class RtcAdapter:
-    """Creates and tracks the WebRTC links of one node."""
+    """Creates and tracks the WebRTC links of one host.
+
+    ``on_signal(handle, signal)``: a signal to relay to the remote; ``on_open(handle, link)``: the
+    data channel opened; ``on_frame(handle, frame)``: a text frame arrived; ``on_close(handle,
+    reason)``: the link ended (once per link, whether it opened or not; ``reason`` is one of
+    :data:`~peer_relay.transports.webrtc.CLOSE_REASONS`).
+    """
 
     def __init__(
         self,
-        node: PeerRelay,
-        ice_servers: tuple[str, ...],
-        host_addresses: tuple[str, ...] | None,
+        config: RTCConfig,
+        *,
+        on_signal: Callable[[int, dict[str, Any]], None],
+        on_open: Callable[[int, OpenRtcLink], None],
+        on_frame: Callable[[int, str], None],
+        on_close: Callable[[int, str], None],
     ) -> None:
-        self._node = node
-        cfg = node.config
-        self._config = RTCConfig(
-            ice_servers=ice_servers,
-            host_addresses=host_addresses,
-            open_timeout=cfg.connect_timeout,
-            max_frame=cfg.max_frame,
-            # The same send buffer as a WebSocket link (max_link_buffer): a burst that one
-            # absorbs must not make the other fail its sends and close.
-            max_buffered=node._ws_options.max_buffer,
-        )
+        self._config = config
+        self._on_signal = on_signal
+        self._on_open = on_open
+        self._on_frame = on_frame
+        self._on_close = on_close
         self._links: dict[int, RTCLink] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    def spawn(self, coro: Any) -> None:
+    @property
+    def config(self) -> RTCConfig:
+        """The settings every link gets."""
+        return self._config
+
+    @property
+    def links(self) -> Mapping[int, RTCLink]:
+        """The links not yet closed, by handle (a read-only view)."""
+        return MappingProxyType(self._links)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run ``coro`` as a task that :meth:`close` waits for."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def handle(self, event: StartWebRTC | SignalIn) -> None:
-        """Carry out a WebRTC event of the core."""
-        if isinstance(event, StartWebRTC):
-            self._start(event.handle, event.initiator)
-        else:
-            link = self._links.get(event.handle)
-            if link is not None:
-                link.add_signal(event.signal)
+    def start(self, handle: int, initiator: bool) -> None:
+        """Start link ``handle``; the initiator makes the offer."""
+        link = RTCLink(
+            initiator=initiator,
+            on_signal=lambda signal: self._on_signal(handle, signal),
+            on_open=lambda: self._on_open(handle, OpenRtcLink(link, self.spawn)),
+            on_frame=lambda frame: self._on_frame(handle, frame),
+            on_close=lambda reason: self._closed(handle, reason),
+            config=self._config,
+        )
+        self._links[handle] = link
+        self.spawn(link.start())
+
+    def add_signal(self, handle: int, signal: Any) -> None:
+        """Hand a remote signal to link ``handle`` (ignored if there is no such link)."""
+        link = self._links.get(handle)
+        if link is not None:
+            link.add_signal(signal)
 
     def close_link(self, handle: int, reason: str) -> None:
-        """Close a link the core gave up on before it opened."""
+        """Close link ``handle`` (one the host gave up on before it opened, say)."""
         link = self._links.get(handle)
         if link is not None:
             self.spawn(link.close())
 
     async def close(self) -> None:
-        """Close every WebRTC link and wait for them."""
+        """Close every link and wait (at most 5 s) for them and for the tasks started."""
         for link in list(self._links.values()):
             self.spawn(link.close())
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5.0)
 
-    def _start(self, handle: int, initiator: bool) -> None:
-        node = self._node
-
-        def core_call(name: str, *args: Any) -> None:
-            core = node._core
-            if core is not None:
-                getattr(core, name)(*args)
-                node._flush()
-
-        def on_signal(signal: dict[str, Any]) -> None:
-            core_call("send_signal", handle, signal, time.time())
-
-        def on_open() -> None:
-            node._links[handle] = _OpenRtcLink(self, link)
-            core_call("link_connected", handle, time.time())
-
-        def on_frame(frame: str) -> None:
-            core_call("frame_received", handle, frame, time.time())
-
-        def on_close(reason: str) -> None:
-            self._links.pop(handle, None)
-            node._links.pop(handle, None)
-            with contextlib.suppress(Exception):
-                core_call("link_closed", handle, time.time(), f"webrtc {reason}")
-
-        link = RTCLink(
-            initiator=initiator,
-            on_signal=on_signal,
-            on_open=on_open,
-            on_frame=on_frame,
-            on_close=on_close,
-            config=self._config,
-        )
-        self._links[handle] = link
-        self.spawn(link.start())
+    def _closed(self, handle: int, reason: str) -> None:
+        self._links.pop(handle, None)
+        self._on_close(handle, reason)

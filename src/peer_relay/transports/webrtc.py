@@ -11,8 +11,10 @@ Compatibility with simple-peer 6 (peer-relay 0.0.2) and 9:
   ever trickled.
 * Incoming signals are dispatched on their keys (``sdp`` / ``candidate``), never on
   ``type``, so simple-peer 6 candidates (no ``type``) and 9 candidates
-  (``type: "candidate"``) are the same thing.  Candidates that arrive before the remote
-  description are queued and applied, in order, right after it is set.
+  (``type: "candidate"``) are the same thing.  They are checked, and malformed ones
+  counted by reason, by :class:`~peer_relay.transports.signals.SignalFilter`, the checks
+  the browser link shares.  Candidates that arrive before the remote description are
+  queued and applied, in order, right after it is set.
 * Like simple-peer, the initiator creates the channel in-band (DCEP, not
   pre-negotiated), ordered and reliable; the answerer takes whatever channel the remote
   opens.  simple-peer labels it with 40 random hex digits; we use ``"peer-relay"``.
@@ -62,7 +64,7 @@ import ipaddress
 import logging
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -77,8 +79,24 @@ from aiortc import (
 from aiortc.rtcicetransport import parse_stun_turn_uri
 from aiortc.sdp import candidate_from_sdp
 
+from .signals import (
+    MAX_CANDIDATE_CHARS,
+    MAX_REMOTE_CANDIDATES,
+    MAX_SDP_CHARS,
+    MAX_SIGNALS,
+    Candidate,
+    Description,
+    Remote,
+    SignalFilter,
+    strip_mdns_candidates,
+)
+
 __all__ = [
     "CLOSE_REASONS",
+    "MAX_CANDIDATE_CHARS",
+    "MAX_REMOTE_CANDIDATES",
+    "MAX_SDP_CHARS",
+    "MAX_SIGNALS",
     "BufferFullError",
     "FrameTooLargeError",
     "LinkNotOpenError",
@@ -93,10 +111,6 @@ logger = logging.getLogger("peer_relay.webrtc")
 CLOSE_REASONS: Final = ("closed", "remote-closed", "timeout", "failed")
 
 CHANNEL_LABEL: Final = "peer-relay"
-MAX_SDP_CHARS: Final = 64 * 1024
-MAX_CANDIDATE_CHARS: Final = 1024
-MAX_REMOTE_CANDIDATES: Final = 64
-MAX_SIGNALS: Final = 256
 
 
 class RTCLinkError(Exception):
@@ -196,25 +210,7 @@ def _host_addresses(addresses: tuple[str, ...] | None) -> Iterator[None]:
             _original_get_host_addresses = None
 
 
-# --- signal parsing ----------------------------------------------------------------
-
-
-def _is_mdns_host(host: str) -> bool:
-    return host.lower().rstrip(".").endswith(".local")
-
-
-def _strip_mdns_candidates(sdp: str) -> tuple[str, int]:
-    """Remove ``a=candidate`` lines whose address is an mDNS name."""
-    kept: list[str] = []
-    removed = 0
-    for line in sdp.splitlines(keepends=True):
-        if line.startswith("a=candidate:"):
-            bits = line.split()
-            if len(bits) > 4 and _is_mdns_host(bits[4]):
-                removed += 1
-                continue
-        kept.append(line)
-    return "".join(kept), removed
+# --- ICE servers -------------------------------------------------------------------
 
 
 def _rtc_ice_servers(config: RTCConfig) -> list[RTCIceServer]:
@@ -229,71 +225,6 @@ def _rtc_ice_servers(config: RTCConfig) -> list[RTCIceServer]:
         else:
             servers.append(RTCIceServer(urls=url))
     return servers
-
-
-class _Drop(Exception):
-    """A remote signal that is not applied; ``args[0]`` is the counted reason."""
-
-
-@dataclass(frozen=True)
-class _Description:
-    type: str
-    sdp: str
-
-
-@dataclass(frozen=True)
-class _Candidate:
-    line: str
-    sdp_mid: str | None
-    sdp_mline_index: int | None
-
-
-def _parse_description(signal: Mapping[str, Any]) -> _Description:
-    sdp, kind = signal.get("sdp"), signal.get("type")
-    if not isinstance(sdp, str) or not sdp:
-        raise _Drop("bad-sdp")
-    if len(sdp) > MAX_SDP_CHARS:
-        raise _Drop("sdp-too-long")
-    if kind not in ("offer", "answer"):
-        raise _Drop("bad-description-type")
-    return _Description(type=kind, sdp=sdp)
-
-
-def _parse_candidate(value: object) -> _Candidate:
-    if not isinstance(value, Mapping):
-        raise _Drop("bad-candidate")
-    line, mid, index = value.get("candidate"), value.get("sdpMid"), value.get("sdpMLineIndex")
-    if not isinstance(line, str):
-        raise _Drop("bad-candidate")
-    if not line:
-        raise _Drop("empty-candidate")  # end-of-candidates marker of some browsers
-    if len(line) > MAX_CANDIDATE_CHARS:
-        raise _Drop("bad-candidate")
-    if mid is not None and not isinstance(mid, str):
-        raise _Drop("bad-candidate-mid")
-    if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
-        raise _Drop("bad-candidate-mid")
-    if mid is None and index is None:
-        raise _Drop("bad-candidate-mid")
-    if line.startswith("a="):
-        line = line[2:]
-    if line.startswith("candidate:"):
-        line = line[len("candidate:") :]
-    bits = line.split()
-    if len(bits) < 8:
-        raise _Drop("bad-candidate")
-    if _is_mdns_host(bits[4]):
-        raise _Drop("mdns-candidate")
-    try:
-        ipaddress.ip_address(bits[4])
-        parsed = candidate_from_sdp(line)
-    except (ValueError, AssertionError, IndexError):
-        raise _Drop("bad-candidate") from None
-    if not (0 < parsed.port < 65536 and 0 < parsed.component < 257):
-        raise _Drop("bad-candidate")
-    if parsed.protocol.lower() not in ("udp", "tcp"):
-        raise _Drop("bad-candidate")
-    return _Candidate(line=line, sdp_mid=mid, sdp_mline_index=index)
 
 
 # --- the link ----------------------------------------------------------------------
@@ -334,13 +265,12 @@ class RTCLink:
         self._close_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._signals: asyncio.Queue[_Description | _Candidate] = asyncio.Queue()
+        self._filter = SignalFilter(initiator)
+        self._signals: asyncio.Queue[Remote] = asyncio.Queue()
         self._gather_idle = asyncio.Event()
         self._gather_idle.set()
-        self._signal_count = 0
-        self._remote_candidates = 0
         self._have_remote_description = False
-        self._pending_candidates: list[_Candidate] = []
+        self._pending_candidates: list[Candidate] = []
         self._channel_closed = asyncio.Event()
         self._writable = asyncio.Event()
         self._writable.set()
@@ -391,35 +321,17 @@ class RTCLink:
         self._worker = loop.create_task(self._process_signals(), name="rtc-link-signals")
 
     def add_signal(self, signal: object) -> None:
-        """Queue one remote simple-peer signal; malformed ones are counted in ``dropped``."""
-        try:
-            if self._closing:
-                raise _Drop("closed")
-            if not isinstance(signal, Mapping):
-                raise _Drop("not-an-object")
-            self._signal_count += 1
-            if self._signal_count > MAX_SIGNALS:
-                raise _Drop("too-many-signals")
-            if "renegotiate" in signal or signal.get("type") == "renegotiate":
-                raise _Drop("renegotiate")
-            if "transceiverRequest" in signal or signal.get("type") == "transceiverRequest":
-                raise _Drop("transceiverRequest")
-            if "sdp" not in signal and "candidate" not in signal:
-                raise _Drop("unknown-signal")
-            # Parse now, so malformed input is counted before add_signal returns.
-            items: list[_Description | _Candidate] = []
-            if "sdp" in signal:
-                description = _parse_description(signal)
-                if (description.type == "offer") == self.initiator:
-                    raise _Drop(f"unexpected-{description.type}")
-                items.append(description)
-            if "candidate" in signal:
-                items.append(_parse_candidate(signal["candidate"]))
-        except _Drop as drop:
-            self._drop(drop.args[0], signal)
+        """Queue one remote simple-peer signal; malformed ones are counted in ``dropped``.
+
+        The checks are :class:`~peer_relay.transports.signals.SignalFilter`'s, made before this
+        returns; what passes is applied in arrival order.
+        """
+        parts = self._filter.check(signal)
+        if isinstance(parts, str):
+            self._drop(parts, signal)
             return
-        for item in items:
-            self._signals.put_nowait(item)
+        for part in parts:
+            self._signals.put_nowait(part)
 
     def send(self, frame: str) -> None:
         """Send one text frame.
@@ -472,26 +384,24 @@ class RTCLink:
     async def _process_signals(self) -> None:
         """Apply remote signals one at a time, in arrival order."""
         while True:
-            item = await self._signals.get()
+            part = await self._signals.get()
             try:
-                if isinstance(item, _Description):
-                    await self._apply_description(item)
+                if isinstance(part, Description):
+                    await self._apply_description(part)
+                elif self._have_remote_description:
+                    await self._add_candidate(part)
                 else:
-                    await self._apply_candidate(item)
-            except _Drop as drop:
-                self._drop(drop.args[0], item)
+                    self._pending_candidates.append(part)
             except Exception as exc:
                 self._fail_during_setup("applying a remote signal", exc)
                 return
             if self._closing:
                 return
 
-    async def _apply_description(self, description: _Description) -> None:
+    async def _apply_description(self, description: Description) -> None:
         pc = self._pc
         assert pc is not None
-        if self._have_remote_description:
-            raise _Drop("duplicate-description")  # no renegotiation on a data-only link
-        sdp, removed = _strip_mdns_candidates(description.sdp)
+        sdp, removed = strip_mdns_candidates(description.sdp)
         if removed:
             self.dropped["mdns-candidate"] += removed
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type=description.type))
@@ -504,18 +414,9 @@ class RTCLink:
             if not self._closing:
                 self._emit_signal({"type": "answer", "sdp": pc.localDescription.sdp})
 
-    async def _apply_candidate(self, candidate: _Candidate) -> None:
-        self._remote_candidates += 1
-        if self._remote_candidates > MAX_REMOTE_CANDIDATES:
-            raise _Drop("too-many-candidates")
-        if not self._have_remote_description:
-            self._pending_candidates.append(candidate)
-        else:
-            await self._add_candidate(candidate)
-
-    async def _add_candidate(self, candidate: _Candidate) -> None:
+    async def _add_candidate(self, candidate: Candidate) -> None:
         assert self._pc is not None
-        ice = candidate_from_sdp(candidate.line)
+        ice = candidate_from_sdp(candidate.sdp)
         ice.sdpMid = candidate.sdp_mid
         ice.sdpMLineIndex = candidate.sdp_mline_index
         await self._pc.addIceCandidate(ice)
@@ -649,6 +550,7 @@ class RTCLink:
         if self._close_task is not None:
             return
         self._closing = True
+        self._filter.close()
         self._close_reason = reason
         self._writable.set()
         if self._timer is not None:

@@ -1,12 +1,18 @@
-"""The bootstrap peers: dialled at the start, and again when this peer is cut off.
+"""The bootstrap peers: dialled at the start, and again on one clock whenever this peer is cut
+off.
 
-Three signs make a peer redial its bootstrap URLs, each on its own back-off:
+The clock has one deadline and one back-off, armed for the most urgent of three reasons:
 
-- it lost every link (:meth:`Bootstrap.lost_all`): from ``bootstrap_retry`` seconds, doubling;
-- a refresh finds it cut off (:meth:`Bootstrap.rejoin`): the first dial failed, or a sudden loss
-  of links, or too few links after failures; for ``REJOIN_PERIOD`` seconds;
-- a refresh finds it on an island (:meth:`Bootstrap.reach_out`): room for links and no one known
-  to dial; only the bootstrap peers it is not linked to.
+- ``cut-off``: no open link (the last one closed, or a bootstrap dial failed with nothing else
+  open or under way): every bootstrap peer is dialled after ``bootstrap_retry`` seconds, then
+  after twice that each time, up to a minute, until a link opens;
+- ``rejoin`` (a refresh saw a sudden loss of links, or too few after failures, see
+  :meth:`Bootstrap.rejoin`): the bootstrap peers we are not linked to, at once and then after
+  ``refresh_interval`` doubling, for ``REJOIN_PERIOD`` seconds: after a partition heals, only a
+  dial can cross it, and a bootstrap URL is the one address we have;
+- ``island`` (a refresh found room for links and no one to dial, see :meth:`Bootstrap.reach_out`):
+  the bootstrap peers we are not linked to, at once and then after ``refresh_interval``
+  doubling up to ``REJOIN_PERIOD``, while that lasts.
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ from .links import Links
 
 REJOIN_PERIOD = 600.0
 """Seconds during which the bootstrap peers are redialled after a sudden loss of links."""
+MAX_RETRY = 60.0
+"""Longest back-off between redials while cut off."""
+
+CUT_OFF, REJOIN, ISLAND = "cut-off", "rejoin", "island"
+_URGENCY = {None: 0, ISLAND: 1, REJOIN: 2, CUT_OFF: 3}
 
 
 class Bootstrap:
-    """Owns the bootstrap URLs, whom each led to, and the three redial clocks."""
+    """Owns the bootstrap URLs, whom each led to, and the one redial clock."""
 
     def __init__(self, ctx: Context, links: Links, connector: Connector) -> None:
         self.ctx = ctx
@@ -32,61 +43,99 @@ class Bootstrap:
         self.urls: list[str] = []
         self.ids: dict[str, bytes] = {}
         """Whom each bootstrap URL led to."""
-        self.at = float("inf")
-        """When to redial after losing every link."""
-        self.delay = ctx.config.bootstrap_retry
+        self.reason: str | None = None
+        """Why the clock runs: ``cut-off``, ``rejoin``, ``island``, or None."""
+        self.due = float("inf")
+        """When the bootstrap peers are dialled next."""
+        self.delay = 0.0
+        """The back-off after that dial."""
         self.rejoin_until = float("-inf")
-        self.rejoin_at = float("-inf")
-        self.rejoin_delay = 0.0
         self.closed_before = 0
         self.refreshed_at = float("-inf")
-        self.island_at = float("-inf")
-        self.island_delay = 0.0
 
     def start(self, urls: Iterable[str], now: float) -> None:
-        """Dial these URLs now, and again whenever every link is lost."""
+        """Dial these URLs now, and again whenever this peer is cut off."""
         self.urls = list(urls)
         self.ids.clear()
-        self._dial_all(now)
-
-    def _dial_all(self, now: float) -> None:
         for url in self.urls:
             self.links.dial(url, None, now)
 
-    def linked(self, link: Link) -> None:
-        """A link opened: we are not cut off."""
+    def _arm(self, reason: str, due: float, delay: float) -> None:
+        """Run the clock for ``reason`` unless a more urgent reason already runs it."""
+        if _URGENCY[reason] < _URGENCY[self.reason]:
+            return
+        if reason == self.reason and reason != ISLAND:
+            return  # already on it, backing off
+        self.reason, self.due, self.delay = reason, due, delay
+        ctx = self.ctx
+        ctx.next_tick = min(ctx.next_tick, due)
+
+    def _stop(self) -> None:
+        self.reason, self.due, self.delay = None, float("inf"), 0.0
+
+    def linked(self, link: Link, now: float) -> None:
+        """A link opened: we are not cut off (a rejoin window still open goes on)."""
         if link.url is not None and link.url in self.urls:
             self.ids[link.url] = link.peer_id
-        self.at = float("inf")
-        self.delay = self.ctx.config.bootstrap_retry
+        if self.reason == CUT_OFF:
+            self._stop()
+            if now < self.rejoin_until:
+                interval = self.ctx.config.refresh_interval
+                self._arm(REJOIN, now + interval, interval)
 
-    def lost_all(self, now: float) -> None:
-        """The last open link closed: redial the bootstrap peers after a delay."""
-        ctx = self.ctx
-        if not self.links.open and self.urls and not ctx.closed:
-            self.at = min(self.at, now + self.delay)
-            ctx.next_tick = min(ctx.next_tick, self.at)
+    def link_gone(self, link: Link, was_open: bool, now: float) -> None:
+        """A link left: the last open one, or a failed bootstrap dial with nothing else open
+        or under way, cuts us off."""
+        if not self.urls or self.ctx.closed or self.links.open:
+            return
+        if was_open or (link.url in self.urls and not self.links.pending()):
+            retry = self.ctx.config.bootstrap_retry
+            self._arm(CUT_OFF, now + retry, retry)
 
     def tick(self, now: float) -> None:
-        """Redial if it is time (and still no link), backing off."""
-        if now < self.at:
+        """Dial if the clock says so, and back off."""
+        if now < self.due:
             return
-        self.at = float("inf")
-        if self.links.open or self.ctx.closed:
-            return
-        self._dial_all(now)
-        self.delay = min(self.delay * 2, 60.0)
-        self.at = now + self.delay
+        reason = self.reason
+        if reason == CUT_OFF:
+            if self.links.open:
+                self._stop()
+                return
+            self._dial_unlinked(now)
+            self.delay = min(self.delay * 2, MAX_RETRY)
+            self.due = now + self.delay
+        elif reason == REJOIN:
+            if now >= self.rejoin_until:
+                self._stop()
+                return
+            self._dial_unlinked(now)
+            self.due = now + self.delay
+            self.delay *= 2
+        elif reason == ISLAND:
+            if not self._on_island():
+                self._stop()
+                return
+            self._dial_unlinked(now)
+            self.due = now + self.delay
+            self.delay = min(2 * self.delay, REJOIN_PERIOD)
+        else:
+            self.due = float("inf")
+
+    def _dial_unlinked(self, now: float) -> None:
+        table = self.links.table
+        for url in self.urls:
+            known = self.ids.get(url)
+            if known is None or known not in table:
+                self.links.dial(url, None, now)
 
     def rejoin(self, now: float) -> None:
-        """Redial the bootstrap peers, backing off, for a while when cut off.
+        """Start a rejoin window when a refresh finds this peer cut off from part of the
+        network.
 
-        Signs: no link and no dial under way (the bootstrap dial failed); or, with attempts to
-        other peers timing out since the last refresh, a third of our links closed at once (a
-        partition: once it heals, nothing on our side links to the other, routing cannot
-        cross, only a dial can, and a bootstrap URL is the one address we have), or fewer links
-        than near neighbours wanted (newcomers that linked only to each other, say, when their
-        bootstrap peer let them go).
+        Signs, with attempts to other peers failing since the last refresh: a third of our links
+        closed at once (a partition: once it heals, nothing on our side links to the other,
+        routing cannot cross, only a dial can), or fewer links than near neighbours wanted
+        (newcomers that linked only to each other, say, when their bootstrap peer let them go).
         """
         cfg = self.ctx.config
         closed = self.ctx.stats.links_closed
@@ -95,13 +144,9 @@ class Bootstrap:
         since = self.refreshed_at
         self.refreshed_at = now
         count = len(self.links.open)
-        if not self.urls or now < self.rejoin_until:
-            start = False
-        elif not count and not self.links.pending():
-            # No link, and none coming: the bootstrap dial failed (the redial after losing
-            # every link only follows a link that was open).
-            start = True
-        elif count < cfg.near_count or (lost >= 3 and 3 * lost >= count + lost):
+        if not self.urls or now < self.rejoin_until or not count:
+            return
+        if count < cfg.near_count or (lost >= 3 and 3 * lost >= count + lost):
             # Attempts that failed since the last refresh carry an expiry past this threshold.
             threshold = since + 4 * cfg.refresh_interval
             failed = 0
@@ -109,42 +154,25 @@ class Bootstrap:
                 if until <= threshold:
                     break
                 failed += 1
-            # Under-linked after a loss or a failure: a newcomer whose bootstrap peer let it go
-            # before it learnt anyone (its lookups then have nobody to ask).
-            start = failed >= 2 or (count < cfg.near_count and failed + lost >= 1)
-        else:
-            start = False
-        if start:
-            self.rejoin_until = now + REJOIN_PERIOD
-            self.rejoin_at = now
-            self.rejoin_delay = cfg.refresh_interval
-        if now < self.rejoin_until and now >= self.rejoin_at:
-            self.rejoin_at = now + self.rejoin_delay
-            self.rejoin_delay *= 2
-            self._dial_all(now)
+            if failed >= 2 or (count < cfg.near_count and failed + lost >= 1):
+                self.rejoin_until = now + REJOIN_PERIOD
+                self._arm(REJOIN, now, cfg.refresh_interval)
+                self.tick(now)
 
     def reach_out(self, now: float) -> None:
-        """Redial the bootstrap peers we are not linked to, backing off, while on an island.
+        """Reach out to the bootstrap peers while on an island: room for links and no one known
+        to dial. Newcomers whose bootstrap peer let them go before they learnt anyone else can
+        end up linked only to each other: their lookups then ask only each other, and greedy
+        routing from outside never finds them. (A network that small is all linked already.)"""
+        if self.reason is None and self._on_island():
+            self._arm(ISLAND, now, self.ctx.config.refresh_interval)
+            self.tick(now)
 
-        The sign: we have room for links and know no one we could dial. Newcomers whose
-        bootstrap peer let them go before they learnt anyone else can end up linked only to
-        each other: their lookups then ask only each other, and greedy routing from outside
-        never finds them. (A network that small is all linked already: nothing to dial.)
-        """
+    def _on_island(self) -> bool:
         cfg = self.ctx.config
         connector = self.connector
         if not self.urls or not self.links.open or connector.attempts:
-            return
-        if len(self.links.open) >= cfg.max_links - cfg.spare_links or any(
-            connector.dialable(peer_id) for peer_id in connector.candidates
-        ):
-            self.island_delay = 0.0
-            return
-        if now < self.island_at:
-            return
-        self.island_delay = min(2 * self.island_delay or cfg.refresh_interval, REJOIN_PERIOD)
-        self.island_at = now + self.island_delay
-        for url in self.urls:
-            known = self.ids.get(url)
-            if known is None or known not in self.links.table:
-                self.links.dial(url, None, now)
+            return False
+        if len(self.links.open) >= cfg.max_links - cfg.spare_links:
+            return False
+        return not any(connector.dialable(peer_id) for peer_id in connector.candidates)

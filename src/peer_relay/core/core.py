@@ -137,7 +137,7 @@ class Core:
         # Remembered message ids are forgotten within an eighth of their lifetime of expiring.
         for expiry in self._inbox.first_expiries():
             after = min(after, max(expiry, now + cfg.seen_ttl / 8))
-        ctx.next_tick = min(ctx.next_tick, after, max(self._bootstrap.at, now))
+        ctx.next_tick = min(ctx.next_tick, after, max(self._bootstrap.due, now))
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Every bounded structure's size now, next to its limit (per link: the largest)."""
@@ -363,13 +363,12 @@ class Core:
     def _opened(self, link: Link, now: float) -> None:
         self._discovery.candidates.add(link.peer_id, now, replace_oldest=True)
         self._connector.linked(link.peer_id)
-        self._bootstrap.linked(link)
+        self._bootstrap.linked(link, now)
         log.debug("%s linked %s over %s", short(self.hex), short(link.peer_id), link.transport)
         if self._population.asks_new_link(link):
             self._discovery.ask(link.peer_hex, self.hex, now)
         self._router.flush_queue(now)
 
     def _gone(self, link: Link, reason: str, was_open: bool, now: float) -> None:
-        if was_open:
-            self._bootstrap.lost_all(now)
         self._connector.link_gone(link, reason, was_open, now)
+        self._bootstrap.link_gone(link, was_open, now)

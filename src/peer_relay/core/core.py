@@ -340,8 +340,7 @@ class Core:
         self._ctx.events.append(Delivered(msg.payload, msg.sender, msg.verified, msg.hops))
 
     def _on_found_peers(self, msg: Received, now: float) -> None:
-        introducer = self._router.newest_origin(now)
-        if self._discovery.on_found_peers(msg.payload, introducer, now):
+        if self._discovery.on_found_peers(msg.payload, msg.sender.hex(), now):
             self._population.populate(now)
 
     # ------------------------------------------------------------------ wiring of the parts

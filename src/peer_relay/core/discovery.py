@@ -89,8 +89,8 @@ class Discovery:
             nearest = [i.hex() for i in ids]
         self.router.originate(sender.hex(), wire.FOUND_PEERS, nearest, now)
 
-    def on_found_peers(self, payload: Any, introducer: str | None, now: float) -> bool:
-        """Keep the ids of an answer as candidates (``introducer`` named them, if known);
+    def on_found_peers(self, payload: Any, introducer: str, now: float) -> bool:
+        """Keep the ids of an answer as candidates (``introducer``, its sender, named them);
         return False (a counted drop) if the answer is malformed."""
         ctx = self.ctx
         if type(payload) is not list:
@@ -115,14 +115,13 @@ class Discovery:
             if hex_id in linked:
                 continue
             add(peer_id, now, replace_oldest=True)
-            if introducer is not None and introducer != hex_id:
+            if introducer != hex_id:
                 introducers.touch(peer_id, introducer)
         if self.lookups:
             asked = self.asked.entries
-            if introducer is not None:
-                sender = bytes.fromhex(introducer)
-                if sender in asked:
-                    asked[sender] = 0.0
+            sender = bytes.fromhex(introducer)
+            if sender in asked:
+                asked[sender] = 0.0
             self.lookup_step(now)
         return True
 

@@ -214,14 +214,6 @@ class Router:
         if known is None or known[0] <= now or len(known[1]) > 2:
             self.routes.touch(peer_hex, (now + self.ctx.config.route_ttl, [via, peer_hex]))
 
-    def newest_origin(self, now: float) -> str | None:
-        """The origin (hex) of the route learnt just now, if the newest route was."""
-        routes = self.routes.entries
-        if not routes:
-            return None
-        sender = next(reversed(routes))
-        return sender if routes[sender][0] == now + self.ctx.config.route_ttl else None
-
 
 def is_user(envelope: dict[str, Any]) -> bool:
     """Whether an envelope carries an application message (``data.type`` is ``user``)."""

@@ -597,7 +597,7 @@ async def test_evil_relay_alters_and_replays_signed_messages() -> None:
         key = message_key(frame["from"], frame["nonce"])
         core = d._core
         assert core is not None
-        await eventually(lambda: key not in core._delivered, "d to forget the message", 6.0)
+        await eventually(lambda: key not in core._inbox.delivered, "d to forget the message", 6.0)
         before = dropped(d, "expired")
         await to_d.send(relayed(frame))
         await counted(d, "expired", before, "a replay after the duplicate filter forgot it")
@@ -645,7 +645,7 @@ async def test_replay_floor_after_eviction_and_no_floor_poisoning() -> None:
         await eventually(lambda: from_attacker() == 20, "the flood delivered")
         core = d._core
         assert core is not None
-        assert message_key(frame["from"], frame["nonce"]) not in core._delivered
+        assert message_key(frame["from"], frame["nonce"]) not in core._inbox.delivered
         before = dropped(d, "replay")
         await to_d.send({**frame, "path": path})
         await counted(d, "replay", before, "an evicted message replayed inside the window")

@@ -222,6 +222,23 @@ async def test_inbox_is_bounded_and_drops_the_oldest() -> None:
         assert [(await anext(inbox)).data for _ in range(2)] == [4, 5]
 
 
+async def test_bounds_and_inspect_read_out_the_state() -> None:
+    async with PeerRelay(**LOCAL, max_inbox=2) as c1, PeerRelay(bootstrap=[c1.url or ""]) as c2:
+        assert PeerRelay().bounds() == {} and PeerRelay().inspect() == {}  # not started
+        c1.messages()
+        await c2.wait_for_peers(1)
+        for i in range(3):
+            c2.send(c1.id, i)
+        await eventually(lambda: c1.stats["delivered"] == 3)
+        bounds = c1.bounds()
+        assert bounds["links"] == (1, c1.config.max_links)
+        assert bounds["inbox"] == (2, 2) and bounds["host_links"][0] == 1
+        assert all(size <= limit for size, limit in bounds.values()), bounds
+        state = c1.inspect()
+        assert [(link["peer"], link["state"]) for link in state["links"]] == [(c2.id.hex(), "open")]
+        assert state["attempts"] == [] and state["ice_servers"] == []
+
+
 # ----------------------------------------------------------------------------- a network
 
 

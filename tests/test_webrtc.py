@@ -62,33 +62,29 @@ async def network(
 
 def rtc_leftovers(node: PeerRelay) -> dict[str, Any]:
     """WebRTC state of a node that belongs to no open link (all empty when nothing leaked)."""
-    core = node._core
-    assert core is not None
-    open_handles = {link.handle for link in core._open}
-    adapter_links = {} if node._rtc is None else node._rtc.links
+    bounds, state = node.bounds(), node.inspect()
+    open_rtc = sorted(p.hex() for p in node.peers if node.link_transport(p) == "webrtc")
     return {
-        "pending links": core._pending_links(),
-        "connecting": sorted(peer.hex() for peer in core._connecting),
-        "rtc_by_peer": sorted(
-            peer.hex() for peer, handle in core._rtc_by_peer.items() if handle not in open_handles
-        ),
-        "adapter links": sorted(h for h in adapter_links if h not in open_handles),
-        "node links": sorted(h for h in node._links if h not in open_handles),
+        "pending links": bounds["pending_links"][0],
+        "connecting": state["attempts"],
+        "webrtc peers": sorted(set(state["webrtc"]) - set(open_rtc)),
+        "adapter links": bounds["rtc_links"][0] - len(open_rtc),
+        "node links": bounds["host_links"][0] - len(node.peers),
     }
 
 
 CLEAN: dict[str, Any] = {
     "pending links": 0,
     "connecting": [],
-    "rtc_by_peer": [],
-    "adapter links": [],
-    "node links": [],
+    "webrtc peers": [],
+    "adapter links": 0,
+    "node links": 0,
 }
 
 
 async def test_connect_forms_a_webrtc_link_that_carries_messages_past_the_relay() -> None:
     async with network(rtc(), rtc()) as (hub, (a, b)):
-        assert a._rtc is not None and a._rtc.config.ice_servers == ()  # no STUN by default
+        assert a.inspect()["ice_servers"] == []  # no STUN by default
         assert b.id not in a.peers and a.id not in b.peers
 
         linked_a: list[bytes] = []
@@ -170,8 +166,7 @@ async def test_disconnect_closes_the_webrtc_link_cleanly_on_both_sides() -> None
         assert len(closed_a) == len(closed_b) == 1
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "no WebRTC leftovers")
-            assert node._rtc is not None and node._rtc.links == {}
-            assert node._core is not None and node._core._rtc_by_peer == {}
+            assert node.bounds()["rtc_links"][0] == 0 and node.inspect()["webrtc"] == []
             assert node.peers == [hub.id]
         assert a.link_transport(b.id) is None and b.link_transport(a.id) is None
         assert a.disconnect(b.id) is False
@@ -229,8 +224,7 @@ async def test_attempt_whose_remote_signals_are_lost_times_out_and_frees_its_slo
         assert a.stats["links_open"] == 1
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "slot freed")
-            assert node._rtc is not None and node._rtc.links == {}
-            assert node._core is not None and node._core._rtc_by_peer == {}
+            assert node.bounds()["rtc_links"][0] == 0 and node.inspect()["webrtc"] == []
 
         # With the signals flowing again, the same peers link.
         del b._core.send_signal
@@ -290,7 +284,7 @@ async def test_connect_while_the_remote_is_already_linking_to_us(
         if signal_delay:
             b._core.send_signal = slow_send_signal  # type: ignore[method-assign]
         b_connects = asyncio.ensure_future(b.connect(a.id, timeout=T))
-        await eventually(lambda: b.id in a._core._answered, T, "a answered b")  # type: ignore[union-attr]
+        await eventually(lambda: b.id.hex() in a.inspect()["answered"], T, "a answered b")
         await a.connect(b.id, timeout=T)
         await asyncio.wait_for(b_connects, T)
         assert a.link_transport(b.id) == "webrtc" and b.link_transport(a.id) == "webrtc"
@@ -315,7 +309,7 @@ async def test_attempt_between_host_addresses_that_cannot_pair_fails_and_frees_i
         assert b.id not in a.peers and a.id not in b.peers
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "slot freed")
-            assert node._rtc is not None and node._rtc.links == {}
+            assert node.bounds()["rtc_links"][0] == 0
         # a is none the worse for it
         await a.connect(c.id, timeout=T)
         assert a.link_transport(c.id) == "webrtc"
@@ -348,7 +342,7 @@ async def test_webrtc_links_share_the_table_and_bound_with_websocket_links() -> 
         assert len(a.peers) <= bound and most <= bound
         assert a.stats["links_open"] == len(a.peers)
         webrtc_open = {p for p in a.peers if a.link_transport(p) == "webrtc"}
-        assert a._core is not None and set(a._core._rtc_by_peer) == webrtc_open
+        assert {bytes.fromhex(p) for p in a.inspect()["webrtc"]} == webrtc_open
 
 
 @pytest.mark.parametrize("without_webrtc", ["asker", "answerer"])
@@ -386,4 +380,4 @@ async def test_connect_without_webrtc_or_url_on_either_side_fails_fast() -> None
         assert time.perf_counter() - started < 2.0
         for node in (a, b):
             await eventually(lambda n=node: rtc_leftovers(n) == CLEAN, T, "nothing left over")
-        assert b._core is not None and b._core._rtc_by_peer == {}
+        assert b.inspect()["webrtc"] == []

@@ -253,6 +253,29 @@ class PeerRelay:
         out["links_open"] = len(self._core.peers)
         return out
 
+    def bounds(self) -> dict[str, tuple[int, int]]:
+        """Every bounded structure's size now, next to its limit: the core's (see
+        :meth:`peer_relay.core.Core.bounds`) and this node's: ``inbox`` (messages waiting in
+        :meth:`messages`), ``host_links`` (links carrying frames, open or closing) and
+        ``rtc_links`` (WebRTC links not yet closed)."""
+        if self._core is None:
+            return {}
+        out = self._core.bounds()
+        cfg = self._config
+        inbox = 0 if self._inbox is None else self._inbox.qsize()
+        out["inbox"] = (inbox, self._max_inbox)
+        out["host_links"] = (len(self._links), 2 * cfg.max_links + cfg.max_pending_links)
+        rtc = 0 if self._rtc is None else len(self._rtc.links)
+        out["rtc_links"] = (rtc, cfg.max_links + cfg.max_pending_links)
+        return out
+
+    def inspect(self) -> dict[str, Any]:
+        """Whom this peer deals with now (see :meth:`peer_relay.core.Core.inspect`), and the
+        ICE servers its WebRTC links use."""
+        if self._core is None:
+            return {}
+        return {**self._core.inspect(), "ice_servers": list(self._ice_servers)}
+
     @property
     def config(self) -> Config:
         """The limits and policies in force."""

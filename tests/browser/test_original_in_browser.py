@@ -170,31 +170,31 @@ async def test_webrtc_attempt_with_the_browser_build_fails_cleanly(
         link_timeout=timeout,
     ) as (relay, (p1, _p2)):
         assert relay.url is not None
-        core, adapter = p1._core, p1._rtc
-        assert core is not None and adapter is not None
         linked: list[bytes] = []
         p1.on("peer", linked.append)
         async with open_page(chromium_browser, static_site, relay.url) as page:
             await eventually(lambda: page.id in relay.peers, T, "the page linked to the relay")
-            started_links = core.stats.links_opened
+            started_links = p1.stats["links_opened"]
             if initiator == "python":
                 with pytest.raises((ConnectionError, TimeoutError)):
                     await p1.connect(page.id, timeout=timeout + 3)
             else:
                 await page.connect_to(p1.id)
                 # the page's attempt reaches the Python side: a WebRTC link is set up there
-                await eventually(lambda: bool(adapter.links), T, "the page's attempt at p1")
+                await eventually(
+                    lambda: p1.bounds()["rtc_links"][0] > 0, T, "the page's attempt at p1"
+                )
             await eventually(
                 lambda: (
-                    not core._connecting
-                    and not core._rtc_by_peer
-                    and not adapter.links
-                    and core._pending_links() == 0
+                    not p1.inspect()["attempts"]
+                    and not p1.inspect()["webrtc"]
+                    and p1.bounds()["rtc_links"][0] == 0
+                    and p1.bounds()["pending_links"][0] == 0
                 ),
                 timeout + 5,
                 "the failed attempt's slot freed",
             )
-            assert linked == [] and core.stats.links_opened == started_links
+            assert linked == [] and p1.stats["links_opened"] == started_links
             assert page.id not in p1.peers and p1.link_transport(page.id) is None
             assert await page.direct_peers() == [relay.id]
 

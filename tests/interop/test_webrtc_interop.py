@@ -237,8 +237,7 @@ async def test_original_closing_the_link_closes_the_python_side(
                 await asyncio.sleep(0.01)
             assert closed[0][0] == orig.id and "webrtc" in closed[0][1], closed
             assert py.peers == [hub.id] and py.link_transport(orig.id) is None
-            assert py._rtc is not None and py._rtc.links == {}
-            assert py._core is not None and py._core._rtc_by_peer == {}
+            assert py.bounds()["rtc_links"][0] == 0 and py.inspect()["webrtc"] == []
 
             # 0.0.2 itself keeps the dead link in its table (its WebRTC channel never emits
             # 'close'), so nothing more can be checked on its side; ours still reaches it.
@@ -263,11 +262,11 @@ async def test_python_closing_the_link_leaves_python_clean(original: OriginalNet
             assert closed == [(orig.id, "disconnect")]
             loop = asyncio.get_running_loop()
             deadline = loop.time() + T
-            while py._rtc is not None and py._rtc.links:
+            while py.bounds()["rtc_links"][0]:
                 if loop.time() > deadline:
                     pytest.fail("the WebRTC link was not released")
                 await asyncio.sleep(0.01)
-            assert py._core is not None and py._core._rtc_by_peer == {}
+            assert py.inspect()["webrtc"] == []
             assert py.peers == [hub.id]
 
             # Our messages still reach it, through the relay.
@@ -293,5 +292,5 @@ async def test_both_sides_connect_at_once(original: OriginalNetwork, lower_id: s
             await original.wait_peer("o", hub.id)
             await asyncio.gather(py.connect(orig.id, timeout=T), original.connect("o", py.id))
             await wait_linked(original, py, orig)
-            assert py._rtc is not None and len(py._rtc.links) == 1
+            assert py.bounds()["rtc_links"][0] == 1
             await exchange_direct(original, py, orig)

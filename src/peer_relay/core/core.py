@@ -163,6 +163,28 @@ class Core:
             "answered": (len(connector.answered), connector.answered.limit),
         }
 
+    def inspect(self) -> dict[str, Any]:
+        """Whom this peer deals with now, as plain values (ids in hex), for diagnostics: every
+        link with its state, the attempts in flight, the peers whose offer it answered, the
+        peers it leaves alone for a while, and the peers it has a WebRTC link with."""
+        connector = self._connector
+        return {
+            "links": [
+                {
+                    "peer": (link.peer_id or link.expected or b"").hex() or None,
+                    "state": link.state.name.lower(),
+                    "transport": link.transport,
+                    "outbound": link.outbound,
+                    "authenticated": link.authenticated,
+                }
+                for link in self._links.by_handle.values()
+            ],
+            "attempts": [peer_id.hex() for peer_id in connector.attempts],
+            "answered": [peer_id.hex() for peer_id in connector.answered.entries],
+            "undialable": [peer_id.hex() for peer_id in connector.undialable.entries],
+            "webrtc": [peer_id.hex() for peer_id in connector.rtc_by_peer],
+        }
+
     # ------------------------------------------------------------------ application API
 
     @property

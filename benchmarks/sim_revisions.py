@@ -9,6 +9,9 @@ revision's core compiled by mypyc (built once per revision into the usual cache)
     python benchmarks/sim_revisions.py --base a05468c --head HEAD --compiled
 
 Only wall time of :func:`run_simulation` is measured (inside the process, not its start-up).
+``--instructions`` also counts the instructions of one run of each revision under valgrind's
+cachegrind (the whole process, start-up included): a count that the machine's load does not
+change, for a shared machine whose timings swing.
 """
 
 from __future__ import annotations
@@ -71,6 +74,30 @@ def one_run(env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
+def instructions(env: dict[str, str], args: argparse.Namespace) -> int:
+    """Instructions one run takes, counted by cachegrind."""
+    code = RUN.format(nodes=args.nodes, messages=args.messages, seed=args.seed)
+    out = subprocess.run(
+        [
+            "valgrind",
+            "--tool=cachegrind",
+            "--cache-sim=no",
+            "--cachegrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            code,
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    for line in out.stderr.splitlines():
+        if "I   refs:" in line or "I refs:" in line:
+            return int(line.split(":")[1].replace(",", "").strip())
+    raise RuntimeError("cachegrind printed no instruction count")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the revision to compare against")
@@ -80,8 +107,11 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="timed runs of each (0: none)")
     parser.add_argument("--compiled", action="store_true", help="run the mypyc-compiled core")
+    parser.add_argument(
+        "--instructions", action="store_true", help="also count instructions (valgrind)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base_src = export(args.base, Path(tmp) / "base")
@@ -97,21 +127,33 @@ def main() -> None:
                 walls[name].append(float(result["wall"]))  # type: ignore[arg-type]
                 seen[name] = result
                 print(f"round {round_ + 1} {name}: {result['wall']:.2f} s", file=sys.stderr)
-    base, head = statistics.median(walls["base"]), statistics.median(walls["head"])
+        counts = (
+            {name: instructions(envs[name], args) for name in ("base", "head")}
+            if args.instructions
+            else None
+        )
+    base = statistics.median(walls["base"]) if walls["base"] else None
+    head = statistics.median(walls["head"]) if walls["head"] else None
     print(
         json.dumps(
             {
                 "date": date.today().isoformat(),
                 "base": args.base,
                 "head": args.head or "working tree",
-                "compiled": [seen["base"]["compiled"], seen["head"]["compiled"]],
+                "compiled": args.compiled,
                 "nodes": args.nodes,
                 "messages": args.messages,
                 "rounds": args.rounds,
-                "median_s": {"base": round(base, 3), "head": round(head, 3)},
-                "head_over_base": round(head / base, 3),
-                "digests_equal": seen["base"]["digest"] == seen["head"]["digest"],
-                "delivery": [seen["base"]["delivery"], seen["head"]["delivery"]],
+                "median_s": {"base": base, "head": head},
+                "head_over_base": round(head / base, 3) if base and head else None,
+                "instructions": counts,
+                "instructions_head_over_base": (
+                    round(counts["head"] / counts["base"], 4) if counts else None
+                ),
+                "digests_equal": (
+                    seen["base"]["digest"] == seen["head"]["digest"] if seen else None
+                ),
+                "delivery": [seen[name]["delivery"] for name in seen],
                 "loadavg": [round(x, 2) for x in os.getloadavg()],
             },
             indent=2,

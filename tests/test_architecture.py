@@ -25,6 +25,7 @@ CORE_PARTS_IN_ORDER = (
     "connect",
     "bootstrap",
     "population",
+    "readout",
     "core",
 )
 """The core's parts, each depending only on parts before it."""

@@ -17,6 +17,7 @@ from ..events import ConnectResult, Delivered, Event
 from ..identity import Identity, Verifier, verify_ed25519
 from ..ids import parse_id, short
 from ..wire import Envelope, WireError
+from . import readout
 from .bootstrap import Bootstrap
 from .bounded import TokenBucket
 from .config import Config, Stats
@@ -141,49 +142,18 @@ class Core:
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Every bounded structure's size now, next to its limit (per link: the largest)."""
-        cfg = self._ctx.config
-        links, connector, discovery = self._links, self._connector, self._discovery
-        held = max((len(link.awaiting) + len(link.pending) for link in links.open), default=0)
-        held_bytes = max((link.held for link in links.open), default=0)
-        return {
-            "links": (len(links.open), cfg.max_links),
-            "pending_links": (links.pending(), cfg.max_pending_links + 1),
-            "connecting": (len(connector.attempts), max(cfg.max_connecting, 1) + cfg.max_links),
-            "webrtc": (len(connector.rtc_by_peer), cfg.max_pending_links + cfg.max_links),
-            "seen": (len(self._inbox.seen), cfg.max_seen),
-            "delivered": (len(self._inbox.delivered), cfg.max_seen),
-            "routes": (len(self._router.routes), cfg.max_routes),
-            "queue": (len(self._router.queue), cfg.max_queue),
-            "unconfirmed": (held, cfg.max_unconfirmed),
-            "unconfirmed_bytes": (held_bytes, cfg.max_frame),
-            "candidates": (len(discovery.candidates), 160 * cfg.k),
-            "introducers": (len(discovery.introducers), discovery.introducers.limit),
-            "asked": (len(discovery.asked), discovery.asked.limit),
-            "undialable": (len(connector.undialable), cfg.max_undialable),
-            "answered": (len(connector.answered), connector.answered.limit),
-        }
+        return readout.bounds(self._ctx.config, self._parts())
 
     def inspect(self) -> dict[str, Any]:
         """Whom this peer deals with now, as plain values (ids in hex), for diagnostics: every
         link with its state, the attempts in flight, the peers whose offer it answered, the
         peers it leaves alone for a while, and the peers it has a WebRTC link with."""
-        connector = self._connector
-        return {
-            "links": [
-                {
-                    "peer": (link.peer_id or link.expected or b"").hex() or None,
-                    "state": link.state.name.lower(),
-                    "transport": link.transport,
-                    "outbound": link.outbound,
-                    "authenticated": link.authenticated,
-                }
-                for link in self._links.by_handle.values()
-            ],
-            "attempts": [peer_id.hex() for peer_id in connector.attempts],
-            "answered": [peer_id.hex() for peer_id in connector.answered.entries],
-            "undialable": [peer_id.hex() for peer_id in connector.undialable.entries],
-            "webrtc": [peer_id.hex() for peer_id in connector.rtc_by_peer],
-        }
+        return readout.inspect(self._parts())
+
+    def _parts(self) -> readout.Parts:
+        return readout.Parts(
+            self._links, self._router, self._inbox, self._discovery, self._connector
+        )
 
     # ------------------------------------------------------------------ application API
 

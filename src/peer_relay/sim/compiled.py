@@ -34,6 +34,7 @@ CORE_PARTS = (
     "discovery",
     "bootstrap",
     "population",
+    "readout",
     "core",
 )
 MODULES = (

@@ -7,7 +7,7 @@ import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
-from peer_relay.core import LinkState
+from peer_relay.core import LinkState, link
 from peer_relay.core.bounded import BoundedMap, TokenBucket, expires_at
 from peer_relay.events import SendFrame
 from peer_relay.identity import Identity
@@ -62,6 +62,8 @@ def test_token_bucket_refills_at_its_rate_up_to_its_burst() -> None:
 
 def test_link_states_order_handshakes_before_open() -> None:
     assert list(LinkState) == sorted(LinkState)
+    # The plain ints the hot paths compare are the enum's values.
+    assert list(LinkState) == [link.DIALING, link.HELLO, link.PROOF, link.OPEN, link.DRAINING]
     assert all(state < LinkState.OPEN for state in (LinkState.DIALING, LinkState.HELLO))
     assert LinkState.PROOF < LinkState.OPEN < LinkState.DRAINING
 

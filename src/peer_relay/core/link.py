@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import IntEnum
+from typing import Final
 
 
 class LinkState(IntEnum):
@@ -17,7 +18,13 @@ class LinkState(IntEnum):
     delivered or relayed until the adapter reports the link gone (or its deadline passes)."""
 
 
-DIALING, HELLO, PROOF, OPEN, DRAINING = LinkState
+# The states as plain ints for the hot paths: compiled by mypyc, comparisons of Final ints are
+# native, of enum members generic. Link.state holds these; LinkState(link.state) names one.
+DIALING: Final = 0
+HELLO: Final = 1
+PROOF: Final = 2
+OPEN: Final = 3
+DRAINING: Final = 4
 
 
 class Link:
@@ -52,7 +59,7 @@ class Link:
         self.handle = handle
         self.outbound = outbound
         self.transport = transport
-        self.state = DIALING
+        self.state: int = DIALING
         self.deadline = deadline
         self.expected: bytes | None = None
         self.peer_id = b""

@@ -9,6 +9,7 @@ from .config import Config
 from .connect import Connector
 from .discovery import Discovery
 from .inbox import Inbox
+from .link import LinkState
 from .links import Links
 from .routing import Router
 
@@ -55,7 +56,7 @@ def inspect(parts: Parts) -> dict[str, Any]:
         "links": [
             {
                 "peer": (link.peer_id or link.expected or b"").hex() or None,
-                "state": link.state.name.lower(),
+                "state": LinkState(link.state).name.lower(),
                 "transport": link.transport,
                 "outbound": link.outbound,
                 "authenticated": link.authenticated,

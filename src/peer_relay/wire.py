@@ -73,6 +73,8 @@ def loads(frame: bytes | str, max_size: int) -> Any:
         return _json.loads(frame)
     except ValueError as exc:  # orjson's JSONDecodeError, or the json fallback's errors
         raise WireError("malformed-json", str(exc)[:80]) from None
+    except RecursionError:  # the json fallback, on nesting orjson refuses as malformed
+        raise WireError("malformed-json", "nested too deeply") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,9 +123,19 @@ def message_body(env: Envelope) -> tuple[str, Any, bool]:
     return kind, data.get("data"), "data" in data
 
 
+HOP_BYTES: Final = 43
+"""What each relay adds to a frame: ``,"<40 hex digits>"`` in its path."""
+
+
 def relay_frame(env: Envelope, own_hex: str) -> bytes:
-    """The frame to forward: a copy of the envelope with our id appended to its path."""
-    return _json.dumps({**env.raw, "path": [*env.path, own_hex]})
+    """The frame to forward: a copy of the envelope with our id appended to its path.
+
+    Raise :class:`WireError` if it cannot be written again (nested too deeply to serialise).
+    """
+    try:
+        return _json.dumps({**env.raw, "path": [*env.path, own_hex]})
+    except (TypeError, ValueError, RecursionError) as exc:  # orjson's nesting limit, or json's
+        raise WireError("too-deep", str(exc)[:80]) from None
 
 
 def hazard_to_original(env: Envelope) -> str | None:
@@ -181,12 +193,39 @@ def is_ws_url(value: Any) -> bool:
 # ----------------------------------------------------------------------------- origin side
 
 
+MAX_NESTING: Final = 128
+"""Deepest nesting of arrays and objects in a message's data (what ``send()`` takes). The
+envelope adds two levels (its ``data`` object holds the type and the data), and every relay must
+be able to write the envelope again (orjson writes at most 254 levels)."""
+
+
+def too_deep(value: Any, limit: int = MAX_NESTING) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels deep."""
+    kind = type(value)
+    if kind is not list and kind is not dict:
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if type(item) is dict else item
+        for child in children:
+            if type(child) is list or type(child) is dict:
+                stack.append((child, depth + 1))
+    return False
+
+
 def canonical(value: Any) -> bytes:
-    """RFC 8785 canonical JSON of ``value``; raise ``ValueError`` if it is not I-JSON.
+    """RFC 8785 canonical JSON of ``value`` (an envelope's ``data`` object); raise
+    ``ValueError`` if it is not I-JSON or the data it holds nests deeper than
+    :data:`MAX_NESTING` levels.
 
     I-JSON excludes NaN and infinities, integers beyond +-(2**53 - 1), lone surrogates and
     non-string keys: values that JavaScript peers could not carry unchanged.
     """
+    if too_deep(value, MAX_NESTING + 1):
+        raise ValueError(f"data nests deeper than {MAX_NESTING} levels of arrays and objects")
     if _plain(value):
         try:
             return _json.dumps_sorted(value)

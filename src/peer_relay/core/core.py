@@ -182,7 +182,7 @@ class Core:
         target = parse_id(to)
         self._ensure_open()
         if target == self.id:
-            wire.canonical(data)
+            wire.canonical({"type": wire.USER, "data": data})  # the checks of any message
             self.stats.delivered += 1
             self._ctx.events.append(Delivered(data, self.id, True, 0))
             return

@@ -61,9 +61,15 @@ class Router:
     def originate(self, to_hex: str, kind: str, payload: Any, now: float) -> None:
         """Send a new message of ours; raise ValueError if it exceeds ``max_frame``."""
         ctx = self.ctx
+        cfg = ctx.config
         frame = self.envelope(to_hex, kind, payload, now, True)
-        if len(frame) > ctx.config.max_frame:
-            raise ValueError(f"message of {len(frame)} bytes exceeds max_frame")
+        # Every relay adds its id to the path: the frame must still fit after the last hop.
+        relayed = len(frame) + cfg.max_hops * wire.HOP_BYTES
+        if relayed > cfg.max_frame:
+            raise ValueError(
+                f"message of {len(frame)} bytes exceeds max_frame ({cfg.max_frame} bytes) once "
+                f"relayed over max_hops ({cfg.max_hops}); send less data or raise max_frame"
+            )
         ctx.stats.originated += 1
         if not self.links.open:
             if len(self.queue) >= ctx.config.max_queue:
@@ -114,7 +120,15 @@ class Router:
         if not hops:
             ctx.drop("no-route", env.to)
             return
-        frame = wire.relay_frame(env, ctx.hex)
+        try:
+            frame = wire.relay_frame(env, ctx.hex)
+        except WireError as exc:
+            ctx.drop(exc.reason, exc.detail)
+            return
+        if len(frame) > ctx.config.max_frame:
+            # The next hop would refuse it and take us for a faulty peer: drop it here.
+            ctx.drop("too-large-to-relay", f"{len(frame)} bytes")
+            return
         ctx.stats.relayed += 1
         self._send(hops, frame, is_user(env.raw), now)
 

@@ -106,18 +106,10 @@ class Original(Population):
 class Spread(Population):
     """Our policy: spread links over the buckets (see the module docstring)."""
 
-    def __init__(
-        self,
-        ctx: Context,
-        links: Links,
-        router: Router,
-        discovery: Discovery,
-        connector: Connector,
-        bootstrap: Bootstrap,
-    ) -> None:
-        super().__init__(ctx, links, router, discovery, connector, bootstrap)
-        self.near_signature: tuple[bytes, ...] = ()
-        self.quiet_rounds = 0
+    near_signature: tuple[bytes, ...] = ()
+    """Our nearest links at the last refresh."""
+    quiet_rounds = 0
+    """Refreshes since they last changed."""
 
     def asks_new_link(self, link: Link) -> bool:
         """On links we dialled (we wanted them) and while we have few: a peer that dialled us

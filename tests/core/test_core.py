@@ -352,3 +352,35 @@ def test_core_survives_any_frames_and_stays_bounded(batch: list[bytes]) -> None:
     assert sizes["seen"][0] <= 8 and sizes["delivered"][0] <= 8 and sizes["routes"][0] <= 4
     assert sizes["candidates"][0] <= 160 * core.config.k
     assert len(core.peers) <= core.config.max_links
+
+
+def test_an_unproven_claim_never_displaces_a_proven_link() -> None:
+    """With unsigned peers allowed, a hello that only claims an id (0.0.2's form) does not
+    displace a link that proved that id; and a proven link displaces a mere claim."""
+
+    def claim(core: Core, peer_id: bytes) -> int:
+        handle = core.link_accepted(T0)
+        core.events()
+        core.frame_received(handle, orjson.dumps({"type": "Buffer", "data": list(peer_id)}), T0)
+        return handle
+
+    real = Identity(signer=FastSigner(b"\x02" * 32))
+    core, _ = make_core(1, require_auth=False)
+    proven = open_raw_link(core, real)
+    impostor = claim(core, real.id)
+    assert CloseLink(impostor, "duplicate") in core.events()
+    links = [link for link in core.inspect()["links"] if link["state"] == "open"]
+    assert core.peers == [real.id] and [link["authenticated"] for link in links] == [True]
+    core.send(real.id, "to the real one", T0)
+    assert [e.handle for e in core.events() if isinstance(e, SendFrame)][:1] == [proven]
+
+    core, _ = make_core(1, require_auth=False)
+    impostor = claim(core, real.id)
+    assert core.peers == [real.id]  # admitted while nobody proves otherwise
+    core.events()
+    open_raw_link(core, real)
+    # The impostor's link was closed (it drains until its transport reports it gone).
+    assert sorted(link["state"] for link in core.inspect()["links"]) == ["draining", "open"]
+    links = [link for link in core.inspect()["links"] if link["state"] == "open"]
+    assert core.peers == [real.id] and [link["authenticated"] for link in links] == [True]
+    assert core.stats.dropped["unproven-duplicate"] == 1

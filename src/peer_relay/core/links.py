@@ -195,7 +195,14 @@ class Links:
         existing = self.table.get(peer_id)
         if existing is None:
             return True
-        if not (authenticated and existing.authenticated):
+        if authenticated != existing.authenticated:
+            # One link proved the id and the other only claimed it: the claim is an impostor's
+            # (our peers always prove their id, and 0.0.2 peers never can). The proven link
+            # stays, whichever came first.
+            self.ctx.drop("unproven-duplicate", peer_id.hex())
+            self.close(existing if authenticated else link, "duplicate", now)
+            return authenticated
+        if not authenticated:
             # A 0.0.2 peer keeps its first link in its table and ignores a second one (our id
             # lower) or closes both (ours higher), and a close of either makes it drop the other
             # too: no survivor can be agreed on, and keeping one may keep the ignored one.

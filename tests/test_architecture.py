@@ -9,26 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from peer_relay.core import PARTS
+
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "peer_relay"
 TESTS = Path(__file__).resolve().parent
-
-CORE_PARTS_IN_ORDER = (
-    "config",
-    "context",
-    "bounded",
-    "link",
-    "links",
-    "confirm",
-    "routing",
-    "inbox",
-    "discovery",
-    "connect",
-    "bootstrap",
-    "population",
-    "readout",
-    "core",
-)
-"""The core's parts, each depending only on parts before it."""
 
 
 def module_name(path: Path) -> str:
@@ -110,7 +94,7 @@ def test_no_import_cycles_not_even_for_type_checking() -> None:
 
 def test_the_core_does_no_io_and_its_parts_depend_one_way() -> None:
     forbidden = ("asyncio", "socket", "websockets", "aiortc", "time", "threading")
-    order = {name: i for i, name in enumerate(CORE_PARTS_IN_ORDER)}
+    order = {name: i for i, name in enumerate(PARTS)}
     for name, path in modules().items():
         if not name.startswith("peer_relay.core.") and name != "peer_relay.core":
             continue

@@ -225,7 +225,10 @@ def canonical(value: Any) -> bytes:
     non-string keys: values that JavaScript peers could not carry unchanged.
     """
     if too_deep(value, MAX_NESTING + 1):
-        raise ValueError(f"data nests deeper than {MAX_NESTING} levels of arrays and objects")
+        raise ValueError(
+            f"data nests deeper than {MAX_NESTING} levels of arrays and objects; "
+            "send it flatter (or as a string)"
+        )
     if _plain(value):
         try:
             return _json.dumps_sorted(value)
@@ -290,7 +293,8 @@ def canonical_received(value: Any) -> tuple[bytes, Any]:
     try:
         return canonical(value), value
     except ValueError:
-        pass
+        if too_deep(value, MAX_NESTING + 1):
+            raise
     try:
         value = _big_ints_as_doubles(value)
     except (RecursionError, OverflowError):

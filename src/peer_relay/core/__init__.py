@@ -19,4 +19,22 @@ from .core import Core
 from .inbox import message_key
 from .link import LinkState
 
+PARTS = (
+    "config",
+    "context",
+    "bounded",
+    "link",
+    "links",
+    "confirm",
+    "routing",
+    "inbox",
+    "connect",
+    "discovery",
+    "bootstrap",
+    "population",
+    "readout",
+    "core",
+)
+"""The core's modules, each importing only modules before it (``tests/test_architecture.py``)."""
+
 __all__ = ["Config", "Core", "LinkState", "Stats", "Strategy", "message_key"]

@@ -247,7 +247,7 @@ class Core:
             link.state = HELLO
             link.deadline = now + self._ctx.config.link_timeout
             greeting = self._router.envelope(
-                link.expected.hex(), wire.FIND_PEERS, self.hex, now, False
+                link.expected.hex(), wire.FIND_PEERS, self.hex, now, None
             )
             self.stats.originated += 1
             self._ctx.send(link.handle, greeting)

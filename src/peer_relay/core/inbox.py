@@ -157,7 +157,8 @@ class Inbox:
 
     def first_expiries(self) -> list[float]:
         """When the oldest entry of each filter expires (for the timer)."""
-        heads = [next(iter(self.seen.entries.values()))] if self.seen.entries else []
+        first = self.seen.first_expiry()
+        heads = [] if first is None else [first]
         if self.delivered:
             heads.append(next(iter(self.delivered.values()))[0])
         return heads

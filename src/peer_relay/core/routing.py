@@ -43,9 +43,16 @@ class Router:
 
     # ---------------------------------------------------------------- what we originate
 
-    def envelope(self, to_hex: str, kind: str, payload: Any, now: float, hint: bool) -> bytes:
-        """A new envelope of ours for ``to_hex``, signed when ``sign`` is set; with ``hint``, it
-        carries the route hint we hold for ``to_hex`` (if any)."""
+    def hint(self, to_hex: str, now: float) -> list[str] | None:
+        """The route hint held for ``to_hex``, if one is still fresh."""
+        route = self.routes.entries.get(to_hex)
+        return route[1] if route is not None and route[0] > now else None
+
+    def envelope(
+        self, to_hex: str, kind: str, payload: Any, now: float, hint: list[str] | None
+    ) -> bytes:
+        """A new envelope of ours for ``to_hex``, signed when ``sign`` is set, carrying the
+        route ``hint`` if one is given."""
         ctx = self.ctx
         data = wire.canonical({"type": kind, "data": payload})
         nonce = str(ctx.rng.getrandbits(63))
@@ -54,15 +61,14 @@ class Router:
             ts = int(now * 1000)
             signature = ctx.identity.sign(wire.signed_bytes(to_hex, ctx.hex, nonce, ts, data))
             auth = {"key": ctx.key_b64, "sig": wire.b64encode(signature), "ts": ts}
-        route = self.routes.entries.get(to_hex) if hint else None
-        path = route[1] if route is not None and route[0] > now else None
-        return wire.origin_frame(to_hex, ctx.hex, nonce, data, auth, path)
+        return wire.origin_frame(to_hex, ctx.hex, nonce, data, auth, hint)
 
     def originate(self, to_hex: str, kind: str, payload: Any, now: float) -> None:
         """Send a new message of ours; raise ValueError if it exceeds ``max_frame``."""
         ctx = self.ctx
         cfg = ctx.config
-        frame = self.envelope(to_hex, kind, payload, now, True)
+        hint = self.hint(to_hex, now)
+        frame = self.envelope(to_hex, kind, payload, now, hint)
         # Every relay adds its id to the path: the frame must still fit after the last hop.
         relayed = len(frame) + cfg.max_hops * wire.HOP_BYTES
         if relayed > cfg.max_frame:
@@ -77,18 +83,18 @@ class Router:
             else:
                 self.queue.append((to_hex, frame, kind == wire.USER))
             return
-        self._route_new(to_hex, frame, kind == wire.USER, now)
+        self._route_new(to_hex, frame, kind == wire.USER, now, hint)
 
     def flush_queue(self, now: float) -> None:
         """Send the messages that waited for a first link."""
         queue = self.queue
         while queue:
             to_hex, frame, confirm = queue.popleft()
-            self._route_new(to_hex, frame, confirm, now)
+            self._route_new(to_hex, frame, confirm, now, self.hint(to_hex, now))
 
-    def _route_new(self, to_hex: str, frame: bytes, confirm: bool, now: float) -> None:
-        route = self.routes.entries.get(to_hex)
-        hint = route[1] if route is not None and route[0] > now else None
+    def _route_new(
+        self, to_hex: str, frame: bytes, confirm: bool, now: float, hint: list[str] | None
+    ) -> None:
         hops = self.next_hops(to_hex, (self.ctx.hex,), hint)
         if not hops:
             self.ctx.drop("no-route", to_hex)

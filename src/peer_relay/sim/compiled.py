@@ -19,26 +19,11 @@ import tempfile
 from pathlib import Path
 
 import peer_relay
+from peer_relay.core import PARTS
 
-CORE_PARTS = (
-    "__init__",
-    "config",
-    "context",
-    "bounded",
-    "link",
-    "links",
-    "confirm",
-    "routing",
-    "inbox",
-    "connect",
-    "discovery",
-    "bootstrap",
-    "population",
-    "readout",
-    "core",
-)
 MODULES = (
-    *(f"core/{name}.py" for name in CORE_PARTS),
+    "core/__init__.py",
+    *(f"core/{name}.py" for name in PARTS),
     "table.py",
     "ids.py",
     "wire.py",

@@ -65,7 +65,7 @@ def rtc_leftovers(node: PeerRelay) -> dict[str, Any]:
     bounds, state = node.bounds(), node.inspect()
     open_rtc = sorted(p.hex() for p in node.peers if node.link_transport(p) == "webrtc")
     return {
-        "pending links": bounds["pending_links"][0],
+        "pending links": bounds["pending_links"][0] + bounds["opening"][0],
         "connecting": state["attempts"],
         "webrtc peers": sorted(set(state["webrtc"]) - set(open_rtc)),
         "adapter links": bounds["rtc_links"][0] - len(open_rtc),

@@ -21,6 +21,7 @@ deterministic host (the simulator) stays deterministic.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable
@@ -215,3 +216,18 @@ class Pump:
         name = type(event).__name__
         self.errors[name] += 1
         _log.exception("the host failed to carry out %s", name)
+
+
+def source_of(address: str) -> str:
+    """The handshake-budget source of a remote address (see ``Core.link_accepted``): an IPv4
+    address as it is (also when mapped into IPv6), an IPv6 address by its /64, which one host
+    commonly holds whole."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)

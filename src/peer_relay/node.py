@@ -23,7 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection
 
 from .core import Config, Core
 from .events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
-from .host import Pump
+from .host import Pump, source_of
 from .identity import Identity
 from .ids import parse_id, short
 from .transports.websocket import WsLink, WsOptions, dial, listen
@@ -136,6 +136,7 @@ class PeerRelay:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             open_timeout=self._config.link_timeout,
+            accept_timeout=self._config.hello_timeout,
         )
         self._wrtc = wrtc
         self._ice_servers = tuple(ice_servers)
@@ -443,7 +444,9 @@ class PeerRelay:
         if self._destroyed or self._core is None:
             await ws.close(1001, "shutting down")
             return
-        handle = self._core.link_accepted(time.time())
+        remote = ws.remote_address
+        source = source_of(str(remote[0])) if remote else None
+        handle = self._core.link_accepted(time.time(), "ws", source)
         await self._run_link(handle, ws)
 
     async def _dial(self, handle: int, url: str) -> None:

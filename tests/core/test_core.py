@@ -84,7 +84,7 @@ def test_unauthenticated_peer_refused_by_default_admitted_when_allowed() -> None
 
 
 def test_handshake_timeout_on_the_virtual_clock() -> None:
-    core, _ = make_core(1, link_timeout=5.0)
+    core, _ = make_core(1, hello_timeout=5.0)
     handle = core.link_accepted(T0)
     core.events()
     core.handle_timer(T0 + 4.0)

@@ -8,6 +8,9 @@ History of the run digests (the event traces kept theirs):
 - the report's ``bounds`` gained the structures the simulator did not read before (WebRTC links,
   unconfirmed messages and bytes, introducers, lookup questions): the runs are the same, the
   report holds more.
+- the report's ``pending_links`` counts inbound handshakes only, and it gained ``opening`` (our
+  own dials) and ``budgets`` (per-source budgets, issue 13): the runs are the same (with the old
+  read-out in place of the new, the old digests come out), the report holds more.
 
 History of the partition trace:
 - the bootstrap redials run on one clock (``cut-off``, ``rejoin``, ``island``; see
@@ -34,19 +37,19 @@ from peer_relay.sim.runner import SimParams, run_simulation
 RUNS: dict[str, tuple[SimParams, str]] = {
     "static": (
         SimParams(nodes=150, messages=300, seed=21),
-        "4bc0f8cf0459482e75fd60539ab0455cd76f0c727335b468a3127e95410de6c5",
+        "e1b74ed6784239e3e406576184bffd382d59b444cc506e4fc35767165c6e063a",
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "b5ce7d334c076b7d91a49084d826919154f498c7c5d8846f22fa1aec7f5bee52",
+        "0c083304259f739e1971923bd94f64f0636604ba6be2a71cde67a7e28797f3ef",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),
-        "526617636123a2feef6a0600d0d395090b649b959cdb3f7713d864cb0fe2ce85",
+        "fc9a18394913da5903f37e025662a51ac7e03a148747c0c378d8875b2965b473",
     ),
     "real-crypto": (
         SimParams(nodes=30, messages=40, seed=24, real_crypto=True),
-        "b5f57755f3cdd1bea6563931463bad5bb054d8e4669fe68ba94c0a7a493d27e1",
+        "d207ac42b18c1911ad8ad3153f5e6fce75c471eb1ed173944f11b20e9fdf4a2e",
     ),
 }
 

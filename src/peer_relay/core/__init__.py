@@ -23,6 +23,7 @@ PARTS = (
     "config",
     "context",
     "bounded",
+    "budgets",
     "link",
     "links",
     "confirm",

@@ -1,5 +1,5 @@
 """Bounded structures the parts keep: an insertion-ordered map capped in size and expiring on
-the clock, and a token bucket."""
+the clock, a token bucket, and token buckets per source."""
 
 from __future__ import annotations
 
@@ -85,11 +85,62 @@ class TokenBucket:
         self.tokens = burst
         self.at = now
 
-    def take(self, now: float) -> bool:
-        """Spend one token if there is one."""
+    def take(self, now: float, cost: float = 1.0) -> bool:
+        """Spend ``cost`` tokens if there are that many."""
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens < 1:
+        if self.tokens < cost:
             return False
-        self.tokens -= 1
+        self.tokens -= cost
         return True
+
+    def full(self, now: float, cost: float = 1.0) -> bool:
+        """Whether ``cost`` tokens could not be spent now (spends nothing)."""
+        return min(self.burst, self.tokens + (now - self.at) * self.rate) < cost
+
+    def spend(self, now: float, cost: float) -> None:
+        """Spend ``cost`` tokens, going into debt if need be (paid back by the rate)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate) - cost
+        self.at = now
+
+
+class Budgets(Generic[K]):
+    """One :class:`TokenBucket` per source (a peer id, a link), ``rate`` a second, burst
+    ``burst``; at most ``limit`` sources remembered, the least recently used forgotten first
+    (a forgotten source starts again with a full bucket)."""
+
+    __slots__ = ("buckets", "burst", "rate")
+
+    def __init__(self, rate: float, burst: float, limit: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.buckets: BoundedMap[K, TokenBucket] = BoundedMap(limit)
+
+    def _bucket(self, key: K, now: float) -> TokenBucket:
+        bucket = self.buckets.entries.get(key)
+        if bucket is None:
+            bucket = TokenBucket(self.rate, self.burst, now)
+            self.buckets.put(key, bucket)
+        else:
+            self.buckets.entries.move_to_end(key)
+        return bucket
+
+    def spent(self, key: K, now: float, cost: float = 1.0) -> bool:
+        """Whether ``key`` has less than ``cost`` left now (spends nothing, remembers nothing)."""
+        bucket = self.buckets.entries.get(key)
+        return bucket is not None and bucket.full(now, cost)
+
+    def take(self, key: K, now: float, cost: float = 1.0) -> bool:
+        """Spend ``cost`` of ``key``'s budget if it has that much."""
+        return self._bucket(key, now).take(now, cost)
+
+    def charge(self, key: K, now: float, cost: float) -> None:
+        """Spend ``cost`` of ``key``'s budget whatever is left (into debt)."""
+        self._bucket(key, now).spend(now, cost)
+
+    def forget(self, key: K) -> None:
+        """Drop ``key``'s budget."""
+        self.buckets.entries.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self.buckets)

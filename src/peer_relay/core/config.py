@@ -25,12 +25,21 @@ class Config:
     max_links: int = 20
     """Most direct links kept open; extra ones push out the least useful link."""
     max_pending_links: int = 32
-    """Most links still in their opening handshake."""
+    """Most inbound connections still in their hello and proof, all sources together. When
+    full, a newcomer takes the slot of the oldest one from the source holding most."""
+    max_pending_per_source: int = 4
+    """Most inbound connections in their hello and proof from one source address (an IPv4
+    address, an IPv6 /64); more are closed at once."""
+    hello_timeout: float = 3.0
+    """Seconds an inbound connection has to send its hello and proof (they take milliseconds)."""
+    max_dialing: int = 32
+    """Most of our own WebSocket dials and WebRTC links still opening (apart from inbound)."""
     max_connecting: int = 8
     """Most connection attempts (relayed handshakes) in flight at once."""
     connect_timeout: float = 10.0
     link_timeout: float = 10.0
-    """Seconds a new link has to complete its hello and proof."""
+    """Seconds a link we dialled has to complete its hello and proof, and a closed link to
+    drain."""
     max_hops: int = wire.MAX_HOPS
     max_frame: int = 1 << 20
     """Largest frame accepted or sent, in bytes."""
@@ -75,7 +84,20 @@ class Config:
     """Most user messages per link kept for re-routing until the remote confirms them, and at
     most ``max_frame`` bytes of them (0: no confirmation at all)."""
     control_rate: float = 50.0
-    """Discovery and handshake requests answered per second (burst: twice that)."""
+    """Discovery and connection requests answered per second in all (burst: twice that)."""
+    peer_control_rate: float = 5.0
+    """Requests answered per second for one sender id (burst: twice that). A sender past its
+    budget is refused before its signature is checked."""
+    link_control_rate: float = 25.0
+    """Requests answered per second that arrive through one link (burst: twice that), and
+    messages per second arriving through one link that may fail their signature check before
+    requests through it are refused unchecked."""
+    slow_check_rate: float = 64 * 1024
+    """Bytes per second, per link, of signed data that fails its check after the slow
+    canonical form (numbers JSON parsers write unlike JavaScript, keys beyond the BMP). Past
+    it, such data arriving through that link is dropped unchecked for a while."""
+    max_budgets: int = 4096
+    """Most per-sender and per-link budgets remembered (the least recently used go first)."""
     bootstrap_retry: float = 5.0
     """First delay before dialling the bootstrap peers again after losing every link."""
     strategy: Strategy = "spread"
@@ -93,6 +115,8 @@ class Config:
                 raise ValueError(f"{f.name} must not be negative")
         if self.k < 1 or self.max_links < 1 or self.redundancy < 1 or self.max_frame < 64:
             raise ValueError("k, max_links, redundancy and max_frame must be positive")
+        if self.max_pending_per_source < 1 or self.max_pending_links < 1:
+            raise ValueError("max_pending_links and max_pending_per_source must be positive")
         if self.seen_ttl < 2 * self.replay_window:
             raise ValueError("seen_ttl must be at least twice replay_window")
 

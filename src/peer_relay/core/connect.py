@@ -4,11 +4,13 @@ A peer that wants a direct link to another sends it a ``handshake-offer`` throug
 (our URL, whether we do WebRTC). The answer says how to link: we dial its URL, or start WebRTC
 (whose signals are relayed the same way), or wait for it to dial us. An attempt ends when the
 link opens, or fails (timeout, unreachable, refused) and the peer is left alone for a while.
-Offers and discovery requests share one per-node rate limit (``control_rate``).
+Offers and discovery requests are answered within the per-source budgets
+(:mod:`~peer_relay.core.budgets`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from .. import wire
 from ..events import ConnectResult, SignalIn
 from ..table import KBucketTable
 from .bounded import BoundedMap, TokenBucket, expires_at
+from .budgets import ControlBudgets
 from .context import Context
 from .inbox import Received
 from .link import DIALING, OPEN, Link
@@ -43,20 +46,28 @@ class Connector:
         links: Links,
         router: Router,
         candidates: KBucketTable[float],
-        bucket: TokenBucket,
+        budgets: ControlBudgets,
+        now: float,
     ) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.links = links
         self.router = router
         self.candidates = candidates
-        self.bucket = bucket
+        self.budgets = budgets
         self.attempts: dict[bytes, Attempt] = {}
         self.answered: BoundedMap[bytes, float] = BoundedMap(4 * cfg.max_connecting, expires_at)
         """Peers whose offer we answered (-> until when we expect their link)."""
         self.undialable: BoundedMap[bytes, float] = BoundedMap(cfg.max_undialable, expires_at)
         """Peers an attempt to failed (-> until when they are left alone)."""
         self.rtc_by_peer: dict[bytes, int] = {}
+        self.dial_backs = TokenBucket(
+            cfg.max_connecting / max(cfg.connect_timeout, 1e-3), cfg.max_connecting, now
+        )
+        """Dials that offers ask of a peer that cannot be dialled (see :meth:`_dial_back`)."""
+        self.would_link: Callable[[bytes, float], bool] = lambda peer_id, now: True
+        """Whether a link to this peer would be kept if it opened now (the core wires in the
+        population's answer)."""
 
     def dialable(self, peer_id: bytes) -> bool:
         """Whether an attempt to ``peer_id`` may start now."""
@@ -130,22 +141,44 @@ class Connector:
         # An offer from a peer we think is linked is still answered: the asker has no link (its
         # close may not have reached us yet), and a duplicate link is resolved when it opens.
         ctx = self.ctx
-        if not self.bucket.take(now):
-            ctx.drop("rate-limited")
+        if not self.budgets.spend(sender.hex(), msg.via, now):
             return
         if sender in self.attempts and sender > ctx.id:
             return  # Both asked at once: the peer with the higher id answers.
+        if ctx.url is None and not ctx.config.webrtc and not self._dial_back(sender, payload, now):
+            return
         self.answered.touch(sender, now + ctx.config.connect_timeout)
-        if (
-            ctx.url is None
-            and not ctx.config.webrtc
-            and type(payload) is dict
-            and type(payload.get("ws")) is str
-        ):
-            # We cannot be dialled, but the asker can: dial it instead.
-            self.links.dial(payload["ws"], sender, now)
         answer = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
         self.router.originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, now)
+
+    def _dial_back(self, sender: bytes, payload: Any, now: float) -> bool:
+        """We cannot be dialled, so dial the URL of ``sender``'s offer (if it has one); False (a
+        counted drop) when we will not.
+
+        An offer can name any address, so one is followed only to a ``ws``/``wss`` URL, from a
+        peer we are connecting to or would keep a link to, once per sender while its answer
+        stands, within half of ``max_dialing`` and within ``max_connecting`` dials per
+        ``connect_timeout``: nobody can make us dial hosts of its choosing at will.
+        """
+        ctx = self.ctx
+        cfg = ctx.config
+        url = payload.get("ws") if type(payload) is dict else None
+        if url is None:
+            return True  # neither can dial the other: the answer says so
+        if type(url) is not str or not wire.is_ws_url(url):
+            ctx.drop("offer-bad-url", sender.hex())
+            return False
+        if sender in self.answered.entries:
+            ctx.drop("offer-repeated", sender.hex())
+            return False
+        if sender not in self.attempts and not self.would_link(sender, now):
+            ctx.drop("offer-unwanted", sender.hex())
+            return False
+        if self.links.opening() >= cfg.max_dialing // 2 or not self.dial_backs.take(now):
+            ctx.drop("too-many-dialing", sender.hex())
+            return False
+        self.links.dial(url, sender, now)
+        return True
 
     def on_answer(self, msg: Received, now: float) -> None:
         """Follow the answer to our offer: dial, start WebRTC, or wait to be dialled."""
@@ -211,8 +244,8 @@ class Connector:
             if sender not in self.answered.entries or sender in self.links.table:
                 ctx.drop("unexpected-signal", sender.hex())
                 return
-            if self.links.pending() >= ctx.config.max_pending_links:
-                ctx.drop("too-many-pending", sender.hex())
+            if self.links.opening() >= ctx.config.max_dialing:
+                ctx.drop("too-many-dialing", sender.hex())
                 return
             handle = self.start_webrtc(sender, False, now)
             attempt = self.attempts.get(sender)

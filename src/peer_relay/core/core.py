@@ -19,7 +19,7 @@ from ..ids import parse_id, short
 from ..wire import Envelope, WireError
 from . import readout
 from .bootstrap import Bootstrap
-from .bounded import TokenBucket
+from .budgets import ControlBudgets
 from .config import Config, Stats
 from .confirm import Confirmation
 from .connect import Connector
@@ -50,7 +50,7 @@ class Core:
         self.id = identity.id
         self.hex = ctx.hex
         self.stats: Stats = ctx.stats
-        bucket = TokenBucket(cfg.control_rate, 2 * cfg.control_rate, now)
+        self._budgets = budgets = ControlBudgets(ctx, now)
         self._links = links = Links(
             ctx,
             verify,
@@ -65,14 +65,19 @@ class Core:
             ctx,
             links,
             router,
-            bucket,
+            budgets,
             lists_candidates=strategy.lists_candidates,
             lookups=strategy.lookups,
         )
-        self._connector = connector = Connector(ctx, links, router, discovery.candidates, bucket)
+        self._connector = connector = Connector(
+            ctx, links, router, discovery.candidates, budgets, now
+        )
         self._bootstrap = bootstrap = Bootstrap(ctx, links, connector)
-        self._population = strategy(ctx, links, router, discovery, connector, bootstrap)
-        self._inbox = Inbox(ctx, verify)
+        self._population = population = strategy(
+            ctx, links, router, discovery, connector, bootstrap
+        )
+        connector.would_link = population.would_link
+        self._inbox = Inbox(ctx, verify, budgets, now)
         self._dispatch: dict[str, Callable[[Received, float], None]] = {
             wire.USER: self._on_user,
             wire.FIND_PEERS: discovery.on_find_peers,
@@ -229,9 +234,14 @@ class Core:
 
     # ------------------------------------------------------------------ links (from the host)
 
-    def link_accepted(self, now: float, transport: str = "ws") -> int:
-        """An inbound connection arrived; returns its handle (already sent its hello)."""
-        return self._links.accept(now, transport)
+    def link_accepted(self, now: float, transport: str = "ws", source: str | None = None) -> int:
+        """An inbound connection arrived; returns its handle (already sent its hello, or closed
+        at once when the handshake budgets are spent).
+
+        ``source`` names where it came from (an address, see :func:`peer_relay.host.source_of`):
+        the unit of the per-source handshake budget; None where the host cannot tell.
+        """
+        return self._links.accept(now, transport, source)
 
     def link_connected(self, handle: int, now: float) -> None:
         """Outbound link ``handle`` (a dial or a WebRTC link) is open."""
@@ -310,15 +320,20 @@ class Core:
             if link.state != OPEN:
                 return
         if env.to == self.hex:
-            self._receive(env, now)
+            self._receive(env, link, now)
         elif self._inbox.first_relay(env, now):
             self._router.forward(env, now)
 
     # ------------------------------------------------------------------ messages for us
 
-    def _receive(self, env: Envelope, now: float) -> None:
-        received = self._inbox.accept(env, now)
+    def _receive(self, env: Envelope, link: Link, now: float) -> None:
+        inbox = self._inbox
+        received = inbox.accept(env, now, link)
         if received is None:
+            if inbox.blame and env.sender == link.peer_hex and len(env.path) == 1:
+                # The fault of the peer at the other end of the link (a forgery, a flood), not of
+                # one it relayed for.
+                self._links.misbehaved(link, now)
             return
         self._router.learn(env, now)
         handler = self._dispatch.get(received.kind)
@@ -361,5 +376,6 @@ class Core:
         self._router.flush_queue(now)
 
     def _gone(self, link: Link, reason: str, was_open: bool, now: float) -> None:
+        self._budgets.link_gone(link.handle)
         self._connector.link_gone(link, reason, was_open, now)
         self._bootstrap.link_gone(link, was_open, now)

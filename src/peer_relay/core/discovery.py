@@ -14,7 +14,8 @@ from typing import Any
 from .. import wire
 from ..ids import ID_BYTES, hex_from_wire
 from ..table import KBucketTable
-from .bounded import BoundedMap, TokenBucket
+from .bounded import BoundedMap
+from .budgets import ControlBudgets
 from .context import Context
 from .inbox import Received
 from .link import Link
@@ -37,7 +38,7 @@ class Discovery:
         ctx: Context,
         links: Links,
         router: Router,
-        bucket: TokenBucket,
+        budgets: ControlBudgets,
         *,
         lists_candidates: bool,
         lookups: bool,
@@ -46,7 +47,7 @@ class Discovery:
         self.ctx = ctx
         self.links = links
         self.router = router
-        self.bucket = bucket
+        self.budgets = budgets
         self.lists_candidates = lists_candidates
         """Answer findPeers with candidates too (0.0.2), not only open links."""
         self.lookups = lookups
@@ -73,8 +74,7 @@ class Discovery:
         if target_hex is None:
             ctx.drop("bad-data", "findPeers without an id")
             return
-        if not self.bucket.take(now):
-            ctx.drop("rate-limited")
+        if not self.budgets.spend(msg.sender.hex(), msg.via, now):
             return
         k = ctx.config.k
         t = int(target_hex, 16)

@@ -16,7 +16,9 @@ from .. import wire
 from ..identity import Verifier, id_for_key
 from ..wire import Envelope, WireError
 from .bounded import BoundedMap, expires_at
+from .budgets import REQUESTS, ControlBudgets
 from .context import Context
+from .link import Link
 
 
 def message_key(sender_hex: str, nonce: str) -> int:
@@ -37,15 +39,26 @@ class Received(NamedTuple):
     sender: bytes
     verified: bool
     hops: int
+    via: int
+    """The handle of the link it arrived through."""
 
 
 class Inbox:
     """Filters what arrives; owns the duplicate filters and the replay floor."""
 
-    def __init__(self, ctx: Context, verify: Verifier) -> None:
+    def __init__(
+        self, ctx: Context, verify: Verifier, budgets: ControlBudgets, now: float
+    ) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.verify = verify
+        self.budgets = budgets
+        self.started_ms = int(now * 1000)
+        """Signed messages dated before we started are refused: a restart with the same
+        identity forgets which messages it had, and so cannot tell their replays."""
+        self.blame = False
+        """Whether the last message refused by :meth:`accept` was refused for its sender's
+        fault (a failed signature check, its sender past its budget), not a relay's."""
         self.seen: BoundedMap[int, float] = BoundedMap(cfg.max_seen, expires_at)
         """Messages we relayed (their key -> expiry)."""
         self.delivered: OrderedDict[int, tuple[float, int]] = OrderedDict()
@@ -65,9 +78,12 @@ class Inbox:
         seen.put(key, now + self.ctx.config.seen_ttl)
         return True
 
-    def accept(self, env: Envelope, now: float) -> Received | None:
-        """Check a message addressed to us; None (and a counted drop) if it fails a check."""
+    def accept(self, env: Envelope, now: float, link: Link) -> Received | None:
+        """Check a message addressed to us that arrived through ``link``; None (and a counted
+        drop) if it fails a check. Cheap checks and the budgets come first, then the signature,
+        and only then any work in Python over the data."""
         ctx = self.ctx
+        self.blame = False
         try:
             kind, payload, has_payload = wire.message_body(env)
         except WireError as exc:
@@ -77,10 +93,21 @@ class Inbox:
         if key in self.delivered:
             ctx.drop("duplicate", env.nonce)
             return None
+        via = link.handle
+        budgets = self.budgets
+        if budgets.checks_refused(via, now):
+            ctx.drop("check-budget", env.sender)
+            return None
+        if kind in REQUESTS:
+            reason = budgets.refusal(env.sender, via, now)
+            if reason is not None:
+                ctx.drop(reason, env.sender)
+                self.blame = reason == "rate-limited-peer"
+                return None
         ts = -1
         raw_auth = env.raw.get("auth")
         if raw_auth is not None:
-            checked = self._verify(env, raw_auth, key, now)
+            checked = self._verify(env, raw_auth, key, via, now)
             if checked is None:
                 return None
             ts, body = checked
@@ -94,9 +121,11 @@ class Inbox:
             verified = False
         self._remember(key, ts, now)
         sender = bytes.fromhex(env.sender)
-        return Received(kind, payload, has_payload, sender, verified, len(env.path))
+        return Received(kind, payload, has_payload, sender, verified, len(env.path), via)
 
-    def _verify(self, env: Envelope, raw_auth: Any, key: int, now: float) -> tuple[int, Any] | None:
+    def _verify(
+        self, env: Envelope, raw_auth: Any, key: int, via: int, now: float
+    ) -> tuple[int, Any] | None:
         """Check a message's signature, date and replay; return (ts, signed body) or None."""
         ctx = self.ctx
         try:
@@ -106,23 +135,54 @@ class Inbox:
             return None
         if id_for_key(auth.key).hex() != env.sender:
             ctx.drop("key-mismatch", env.sender)
+            self.blame = True
             return None
         if abs(auth.ts - now * 1000) >= ctx.config.replay_window * 1000:
             ctx.drop("expired", env.nonce)
             return None
+        if auth.ts < self.started_ms:
+            ctx.drop("before-start", env.nonce)
+            return None
         if (auth.ts, key) <= self.replay_floor:
             ctx.drop("replay", env.nonce)
             return None
+        body = env.raw["data"]
         try:
-            data, body = wire.canonical_received(env.raw["data"])
+            data, exact = wire.quick_canonical(body)
         except ValueError:
-            ctx.drop("bad-signature", "data cannot be canonicalised")
+            ctx.drop("too-deep", env.sender)
             return None
-        signed = wire.signed_bytes(env.to, env.sender, env.nonce, auth.ts, data)
-        if not self.verify(auth.key, auth.sig, signed):
-            ctx.drop("bad-signature", env.sender)
+        if not exact:
+            # Numbers or keys the C serializer writes unlike RFC 8785: the slow canonical form,
+            # within the budget of the link it came through for such data that proves forged.
+            budgets = self.budgets
+            if budgets.slow_refused(via, now):
+                ctx.drop("check-budget", env.sender)
+                return None
+            size = len(data)
+            try:
+                data, body = wire.canonical_received(body)
+            except ValueError:
+                budgets.slow_failed(via, size, now)
+                ctx.drop("bad-data", "data cannot be canonicalised")
+                return None
+            if not self._signed(env, auth, data, via, now):
+                budgets.slow_failed(via, size, now)
+                return None
+        elif not self._signed(env, auth, data, via, now):
             return None
         return auth.ts, body
+
+    def _signed(self, env: Envelope, auth: wire.Auth, data: bytes, via: int, now: float) -> bool:
+        """Whether ``auth`` signs ``env`` with canonical ``data``; a failure is counted and
+        charged to the link ``via``."""
+        signed = wire.signed_bytes(env.to, env.sender, env.nonce, auth.ts, data)
+        if self.verify(auth.key, auth.sig, signed):
+            return True
+        self.ctx.drop("bad-signature", env.sender)
+        self.budgets.failed(via, now)
+        self.blame = True
+        return False
 
     def _remember(self, key: int, ts: int, now: float) -> None:
         cfg = self.ctx.config

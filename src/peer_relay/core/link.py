@@ -37,6 +37,7 @@ class Link:
         "expected",
         "handle",
         "held",
+        "inbound_pending",
         "my_nonce",
         "opened_at",
         "outbound",
@@ -49,6 +50,7 @@ class Link:
         "remote_key",
         "remote_nonce",
         "rtc_described",
+        "source",
         "state",
         "strikes",
         "transport",
@@ -73,6 +75,10 @@ class Link:
         self.strikes = 0
         self.rtc_described = False  # a WebRTC link that was handed the remote's description
         self.url: str | None = None  # the URL we dialled
+        # Where an inbound connection came from (its address; None for links we started, and
+        # where the host cannot tell): the unit of the per-source handshake budget.
+        self.source: str | None = None
+        self.inbound_pending = False
         # User messages sent on the link and not yet confirmed (see confirm.py): those the
         # outstanding ping (number ping_seq, due back by ping_due) covers, and those after it.
         self.awaiting: list[bytes] = []

@@ -59,6 +59,18 @@ class Links:
         """How many links are still in their handshake (or draining)."""
         return len(self.by_handle) - len(self.open)
 
+    def pending_inbound(self) -> int:
+        """How many inbound connections are in their hello and proof."""
+        return sum(1 for link in self.by_handle.values() if link.inbound_pending)
+
+    def opening(self) -> int:
+        """How many links we started (dials, WebRTC links) are still opening."""
+        return sum(
+            1
+            for link in self.by_handle.values()
+            if link.state < OPEN and not link.inbound_pending
+        )
+
     def _new(self, outbound: bool, transport: str, deadline: float, now: float) -> Link:
         handle = self.next_handle
         self.next_handle += 1
@@ -67,21 +79,54 @@ class Links:
         self.by_handle[handle] = link
         return link
 
-    def accept(self, now: float, transport: str) -> int:
-        """An inbound connection arrived: greet it (or close it at once when over the limit)."""
+    def accept(self, now: float, transport: str, source: str | None) -> int:
+        """An inbound connection arrived from ``source``: greet it, or close it at once when
+        the handshake budgets leave no room (see :meth:`_admit`)."""
         ctx = self.ctx
-        link = self._new(False, transport, now + ctx.config.link_timeout, now)
-        if ctx.closed or self.pending() > ctx.config.max_pending_links:
-            self.close(link, "too-many-pending" if not ctx.closed else "shutdown", now)
+        link = self._new(False, transport, now + ctx.config.hello_timeout, now)
+        link.source = source
+        refusal = "shutdown" if ctx.closed else self._admit(link, now)
+        if refusal is not None:
+            if refusal != "shutdown":
+                ctx.drop(refusal, source or "")
+            self.close(link, refusal, now)
         else:
+            link.inbound_pending = True
             self._start_hello(link)
         return link.handle
+
+    def _admit(self, link: Link, now: float) -> str | None:
+        """Make room for a new inbound connection in the handshake budgets, or say why not.
+
+        One source holds at most ``max_pending_per_source`` connections in their handshake.
+        When ``max_pending_links`` are in theirs, the oldest one of the source holding most
+        makes way, unless that is the newcomer's own source: a few addresses that open idle
+        connections cannot keep anyone else out.
+        """
+        cfg = self.ctx.config
+        waiting = [other for other in self.by_handle.values() if other.inbound_pending]
+        source = link.source
+        mine = 0 if source is None else sum(1 for other in waiting if other.source == source)
+        if mine >= cfg.max_pending_per_source:
+            return "too-many-pending-source"
+        if len(waiting) < cfg.max_pending_links:
+            return None
+        held: dict[str | None, list[Link]] = {}
+        for other in waiting:
+            if other.source is not None:
+                held.setdefault(other.source, []).append(other)
+        heaviest = max(held.values(), key=len, default=[])
+        if len(heaviest) <= mine:
+            return "too-many-pending"
+        self.ctx.drop("pending-evicted", heaviest[0].source or "")
+        self.close(heaviest[0], "pending-evicted", now)
+        return None
 
     def dial(self, url: str, expected: bytes | None, now: float) -> None:
         """Open a WebSocket to ``url`` (whose remote must prove ``expected``, if given)."""
         ctx = self.ctx
-        if ctx.closed or self.pending() >= ctx.config.max_pending_links:
-            ctx.drop("too-many-pending", url)
+        if ctx.closed or self.opening() >= ctx.config.max_dialing:
+            ctx.drop("too-many-dialing", url)
             return
         link = self._new(True, "ws", now + ctx.config.link_timeout, now)
         link.expected = expected
@@ -183,6 +228,7 @@ class Links:
             self.refused(peer_id, "bucket-full", now)
             return
         link.state = OPEN
+        link.inbound_pending = False
         self.open.append(link)
         ctx.stats.links_opened += 1
         ctx.events.append(PeerLinked(peer_id, link.transport, authenticated))
@@ -239,6 +285,7 @@ class Links:
     def forget(self, link: Link, reason: str, now: float) -> None:
         """Take ``link`` out of every table (the adapter reported it gone, or we closed it)."""
         del self.by_handle[link.handle]
+        link.inbound_pending = False
         if link.state == DRAINING:
             return
         was_open = link.state == OPEN
@@ -257,11 +304,16 @@ class Links:
     def strike(self, link: Link, exc: WireError, now: float) -> None:
         """A malformed frame on ``link``: a handshake fails; an open link is closed after
         ``max_strikes`` within ``strike_window``."""
-        ctx = self.ctx
-        ctx.drop(exc.reason, exc.detail)
+        self.ctx.drop(exc.reason, exc.detail)
         if link.state != OPEN:
             self.close(link, f"bad-handshake: {exc.reason}", now)
             return
+        self.misbehaved(link, now)
+
+    def misbehaved(self, link: Link, now: float) -> None:
+        """Count a strike against open ``link`` (its own frame was malformed or forged, and
+        dropped); close it after ``max_strikes`` within ``strike_window``."""
+        ctx = self.ctx
         link.strikes += 1
         ctx.wake(now)
         if link.strikes >= ctx.config.max_strikes:

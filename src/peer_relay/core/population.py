@@ -78,6 +78,11 @@ class Population:
         """Whether to ask a link that just opened for its peers nearest us."""
         return True
 
+    def would_link(self, peer_id: bytes, now: float) -> bool:
+        """Whether a link to ``peer_id`` would be kept if it opened now: there is room."""
+        cfg = self.ctx.config
+        return len(self.links.open) + len(self.connector.attempts) < cfg.max_links
+
     def refresh(self, now: float) -> None:
         """Periodic discovery and repair."""
         raise NotImplementedError
@@ -213,6 +218,14 @@ class Spread(Population):
             index = (peer_int ^ me).bit_length() - 1
             halves[index] = halves.get(index, 0) | 1 << half_bit(peer_int, index)
         return halves
+
+    def would_link(self, peer_id: bytes, now: float) -> bool:
+        """Whether a link to ``peer_id`` would be kept if it opened now: there is room, or a
+        link would give way to it without harm to a route, or it is a nearest neighbour."""
+        if super().would_link(peer_id, now):
+            return True
+        best, harmless, new_near = self._least_useful(peer_id, now)
+        return best is not None and (harmless or new_near)
 
     def victim(self, newcomer: bytes, now: float) -> Link | None:
         """The open link to close so that ``newcomer`` fits, or None to refuse the newcomer.

@@ -31,7 +31,8 @@ def bounds(cfg: Config, parts: Parts) -> dict[str, tuple[int, int]]:
     held_bytes = max((link.held for link in links.open), default=0)
     return {
         "links": (len(links.open), cfg.max_links),
-        "pending_links": (links.pending(), cfg.max_pending_links + 1),
+        "pending_links": (links.pending_inbound(), cfg.max_pending_links),
+        "opening": (links.opening(), cfg.max_dialing),
         "connecting": (len(connector.attempts), max(cfg.max_connecting, 1) + cfg.max_links),
         "webrtc": (len(connector.rtc_by_peer), cfg.max_pending_links + cfg.max_links),
         "seen": (len(parts.inbox.seen), cfg.max_seen),
@@ -45,6 +46,7 @@ def bounds(cfg: Config, parts: Parts) -> dict[str, tuple[int, int]]:
         "asked": (len(discovery.asked), discovery.asked.limit),
         "undialable": (len(connector.undialable), cfg.max_undialable),
         "answered": (len(connector.answered), connector.answered.limit),
+        "budgets": (parts.inbox.budgets.sizes(), cfg.max_budgets),
     }
 
 

@@ -320,7 +320,8 @@ class SimNetwork:
             node.core.link_closed(handle, self.now, "connection refused")
             self.pump(node)
             return
-        peer_handle = target.core.link_accepted(self.now)
+        # Each simulated peer is a host of its own: its index is its source address.
+        peer_handle = target.core.link_accepted(self.now, "ws", f"sim-{node.index}")
         node.links[handle] = (target, peer_handle)
         target.links[peer_handle] = (node, handle)
         node.core.link_connected(handle, self.now)

@@ -33,6 +33,9 @@ class WsOptions:
     ping_interval: float | None = 20.0
     ping_timeout: float | None = 20.0
     open_timeout: float = 10.0
+    """Seconds a dial has to connect and finish the WebSocket upgrade."""
+    accept_timeout: float = 3.0
+    """Seconds an inbound connection has to finish the WebSocket upgrade."""
     close_timeout: float = 5.0
 
 
@@ -174,7 +177,7 @@ async def listen(
         max_size=options.max_frame,
         ping_interval=options.ping_interval,
         ping_timeout=options.ping_timeout,
-        open_timeout=options.open_timeout,
+        open_timeout=options.accept_timeout,
         close_timeout=options.close_timeout,
         server_header=None,
     )

@@ -20,6 +20,11 @@ from typing import Any, Final
 import rfc8785
 
 from . import _json
+
+try:
+    import msgspec
+except ImportError:  # pragma: no cover - depends on the platform (Pyodide)
+    msgspec = None  # type: ignore[assignment]
 from .ids import ID_HEX, buffer_json, hex_from_wire, id_from_wire
 
 MAX_HOPS: Final = 20
@@ -77,9 +82,70 @@ def loads(frame: bytes | str, max_size: int) -> Any:
         raise WireError("malformed-json", "nested too deeply") from None
 
 
+class Written:
+    """A member of a frame kept as it was written: JSON bytes, read only if need be and passed
+    on as they are."""
+
+    __slots__ = ("json",)
+
+    def __init__(self, json: bytes) -> None:
+        self.json = json
+
+    def __repr__(self) -> str:
+        return f"Written({self.json[:40]!r})"
+
+
+READ: Final = frozenset(("to", "from", "path", "nonce", "auth", "route", "pr"))
+"""The members of a frame on an open link that a peer reads at once; every other one (the data,
+members other implementations add) is kept as :class:`Written`."""
+
+_MEMBERS: Final = None if msgspec is None else msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+
+def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
+    """Parse one frame on an open link: an object whose members in :data:`READ` are read as
+    strict JSON and whose others are kept as :class:`Written` (their syntax checked, their
+    contents not read). Raise :class:`WireError`.
+
+    Reading a frame thus costs a few milliseconds per MiB whatever its data holds: a relay
+    never reads the data, and a destination reads it only once its signature holds.
+    """
+    if len(frame) > max_size:
+        raise WireError("oversize", f"{len(frame)} > {max_size} bytes")
+    if _MEMBERS is None:
+        obj = loads(frame, max_size)
+        if type(obj) is not dict:
+            raise WireError("not-envelope", "frame is not an object")
+        for key, value in obj.items():
+            if key not in READ:
+                try:
+                    obj[key] = Written(_json.dumps(value))
+                except TypeError:
+                    raise WireError("malformed-json", "nested too deeply") from None
+        return obj
+    try:
+        members = _MEMBERS.decode(frame)
+    except msgspec.ValidationError:
+        raise WireError("not-envelope", "frame is not an object") from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise WireError("malformed-json", str(exc)[:80]) from None
+    out: dict[str, Any] = {}
+    for key, raw in members.items():
+        if key in READ:
+            try:
+                out[key] = _json.loads(memoryview(raw))
+            except ValueError as exc:
+                raise WireError("malformed-json", str(exc)[:80]) from None
+        else:
+            out[key] = Written(bytes(raw))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """A parsed envelope. ``raw`` is the JSON object as received and is never modified."""
+    """A parsed envelope. ``raw`` is the JSON object as received (its data and any member we do
+    not read kept as :class:`Written`, when parsed by :func:`loads_members`) and is never
+    modified."""
 
     raw: dict[str, Any]
     to: str
@@ -112,9 +178,49 @@ def parse_envelope(obj: Any, max_hops: int = MAX_HOPS) -> Envelope:
     return Envelope(obj, to, sender, path, nonce)
 
 
-def message_body(env: Envelope) -> tuple[str, Any, bool]:
-    """Return ``(type, payload, has_payload)`` of an envelope addressed to us; raise WireError."""
+def written_data(env: Envelope) -> bytes | None:
+    """The envelope's data as it was written (None if it has none): what its signature covers
+    when every relay passed it on unchanged."""
     data = env.raw.get("data")
+    if type(data) is Written:
+        return data.json
+    if "data" not in env.raw:
+        return None
+    try:
+        return _json.dumps(data)
+    except TypeError:
+        return None
+
+
+def data_value(env: Envelope) -> Any:
+    """The envelope's data, read; raise WireError if it is not JSON."""
+    data = env.raw.get("data")
+    if type(data) is not Written:
+        return data
+    try:
+        return _json.loads(data.json)
+    except ValueError as exc:
+        raise WireError("malformed-data", str(exc)[:80]) from None
+    except RecursionError:
+        raise WireError("malformed-data", "nested too deeply") from None
+
+
+def delivered_data(env: Envelope) -> Any:
+    """The envelope's data, read as its origin meant it: integers of 2**53 and beyond are the
+    doubles a JavaScript origin wrote (see :func:`canonical_received`). Raise WireError."""
+    value = data_value(env)
+    data = env.raw.get("data")
+    text = data.json if type(data) is Written else b""
+    if b"9999999999999999" in text.translate(_NUMBER_SHAPES):
+        try:
+            value = _big_ints_as_doubles(value)
+        except (RecursionError, OverflowError):
+            raise WireError("bad-data", "data is not interoperable JSON") from None
+    return value
+
+
+def message_body(data: Any) -> tuple[str, Any, bool]:
+    """Return ``(type, payload, has_payload)`` of an envelope's data (read); raise WireError."""
     if type(data) is not dict:
         raise WireError("bad-data", "data is not an object")
     kind = data.get("type")
@@ -123,17 +229,47 @@ def message_body(env: Envelope) -> tuple[str, Any, bool]:
     return kind, data.get("data"), "data" in data
 
 
+_PEEK: Final = 1024
+
+
+def data_kind(env: Envelope) -> str | None:
+    """The type of an envelope's message, if it can be told cheaply: small data is read; larger
+    data is recognised as a user message in the two forms origins write (keys sorted, as ours
+    sign it, or ``type`` first, as 0.0.2 writes it). None otherwise."""
+    data = env.raw.get("data")
+    if type(data) is not Written:
+        kind = data.get("type") if type(data) is dict else None
+        return kind if type(kind) is str else None
+    text = data.json
+    if len(text) <= _PEEK:
+        try:
+            value = _json.loads(text)
+        except ValueError:
+            return None
+        kind = value.get("type") if type(value) is dict else None
+        return kind if type(kind) is str else None
+    if text.endswith(b',"type":"user"}') or text.startswith(b'{"type":"user",'):
+        return USER
+    return None
+
+
 HOP_BYTES: Final = 43
 """What each relay adds to a frame: ``,"<40 hex digits>"`` in its path."""
 
 
 def relay_frame(env: Envelope, own_hex: str) -> bytes:
-    """The frame to forward: a copy of the envelope with our id appended to its path.
+    """The frame to forward: a copy of the envelope with our id appended to its path, every
+    member we did not read passed on as it was written.
 
     Raise :class:`WireError` if it cannot be written again (nested too deeply to serialise).
     """
+    obj = {
+        key: _json.fragment(value.json) if type(value) is Written else value
+        for key, value in env.raw.items()
+    }
+    obj["path"] = [*env.path, own_hex]
     try:
-        return _json.dumps({**env.raw, "path": [*env.path, own_hex]})
+        return _json.dumps(obj)
     except (TypeError, ValueError, RecursionError) as exc:  # orjson's nesting limit, or json's
         raise WireError("too-deep", str(exc)[:80]) from None
 
@@ -144,9 +280,12 @@ def hazard_to_original(env: Envelope) -> str | None:
     A 0.0.2 node throws (and its whole process dies) on a ``data`` that is not an object, a
     ``findPeers`` whose id is not a string, a ``foundPeers`` that is not a list of strings, and a
     ``handshake-answer`` whose ``ws`` is truthy but not a URL it can parse (when the answerer is
-    not one of its direct peers). Relays check this: a 0.0.2 peer may be on the rest of the way.
+    not one of its direct peers). Relays check this before handing a frame to a 0.0.2 peer.
     """
-    data = env.raw.get("data")
+    try:
+        data = data_value(env)
+    except WireError:
+        return "data is not JSON"
     if type(data) is not dict:
         return "data is not an object"
     kind = data.get("type")
@@ -361,8 +500,7 @@ def _outside_strings(text: bytes, suspects: list[tuple[bytes, bytes]]) -> bool:
             if looks > _MAX_LOOKS:  # many in strings: blank them all out at once
                 outside = b"".join(plain.split(b'"')[0::2])
                 return any(
-                    p in outside.translate(_NUMBER_SHAPES) or p in outside
-                    for _w, p in suspects
+                    p in outside.translate(_NUMBER_SHAPES) or p in outside for _w, p in suspects
                 )
             at = where.find(pattern, at + 1)
     return False

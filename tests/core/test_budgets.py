@@ -47,10 +47,9 @@ def signed(
 
 
 def relayed(frame: bytes, via: Identity) -> bytes:
-    """``frame`` as relay ``via`` passes it on."""
-    obj = orjson.loads(frame)
-    obj["path"].append(via.id.hex())
-    return orjson.dumps(obj)
+    """``frame`` as relay ``via`` (one of our peers) passes it on."""
+    env = wire.parse_envelope(wire.loads_members(frame, 1 << 20))
+    return wire.relay_frame(env, via.id.hex())
 
 
 def answers(core: Core) -> int:

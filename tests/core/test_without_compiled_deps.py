@@ -1,4 +1,5 @@
-"""Without orjson, cryptography, websockets and aiortc (as in Pyodide), the core still runs."""
+"""Without orjson, msgspec, cryptography, websockets and aiortc (as in Pyodide), the core still
+runs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import importlib.abc, random, sys
 
-    BLOCKED = ("orjson", "cryptography", "websockets", "aiortc", "aioice")
+    BLOCKED = ("orjson", "msgspec", "cryptography", "websockets", "aiortc", "aioice")
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

@@ -301,11 +301,11 @@ class Core:
         stats.frames_in += 1
         stats.bytes_in += len(frame)
         try:
-            obj = wire.loads(frame, ctx.config.max_frame)
             if link.state < OPEN and link.transport != "webrtc":
-                links.handshake(link, obj, now)
+                links.handshake(link, wire.loads(frame, ctx.config.max_frame), now)
                 return
-            if type(obj) is dict and "pr" in obj and "to" not in obj:
+            obj = wire.loads_members(frame, ctx.config.max_frame)
+            if "pr" in obj and "to" not in obj:
                 self._router.confirmation.control(link, obj, now)
                 return
             env = wire.parse_envelope(obj, ctx.config.max_hops)

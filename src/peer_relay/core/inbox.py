@@ -46,9 +46,7 @@ class Received(NamedTuple):
 class Inbox:
     """Filters what arrives; owns the duplicate filters and the replay floor."""
 
-    def __init__(
-        self, ctx: Context, verify: Verifier, budgets: ControlBudgets, now: float
-    ) -> None:
+    def __init__(self, ctx: Context, verify: Verifier, budgets: ControlBudgets, now: float) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.verify = verify
@@ -80,15 +78,10 @@ class Inbox:
 
     def accept(self, env: Envelope, now: float, link: Link) -> Received | None:
         """Check a message addressed to us that arrived through ``link``; None (and a counted
-        drop) if it fails a check. Cheap checks and the budgets come first, then the signature,
-        and only then any work in Python over the data."""
+        drop) if it fails a check. Cheap checks and the budgets come first, then the signature
+        over the data as it was written, and only then is the data read."""
         ctx = self.ctx
         self.blame = False
-        try:
-            kind, payload, has_payload = wire.message_body(env)
-        except WireError as exc:
-            ctx.drop(exc.reason, exc.detail)
-            return None
         key = message_key(env.sender, env.nonce)
         if key in self.delivered:
             ctx.drop("duplicate", env.nonce)
@@ -98,7 +91,7 @@ class Inbox:
         if budgets.checks_refused(via, now):
             ctx.drop("check-budget", env.sender)
             return None
-        if kind in REQUESTS:
+        if wire.data_kind(env) in REQUESTS:
             reason = budgets.refusal(env.sender, via, now)
             if reason is not None:
                 ctx.drop(reason, env.sender)
@@ -106,19 +99,24 @@ class Inbox:
                 return None
         ts = -1
         raw_auth = env.raw.get("auth")
-        if raw_auth is not None:
-            checked = self._verify(env, raw_auth, key, via, now)
-            if checked is None:
+        try:
+            if raw_auth is not None:
+                checked = self._verify(env, raw_auth, key, via, now)
+                if checked is None:
+                    return None
+                ts, data = checked
+                verified = True
+            elif ctx.config.require_auth:
+                ctx.drop("unsigned", env.sender)
                 return None
-            ts, body = checked
-            if body is not env.raw["data"]:
-                payload = body.get("data")  # big integers read as the doubles that were signed
-            verified = True
-        elif ctx.config.require_auth:
-            ctx.drop("unsigned", env.sender)
+            else:
+                data = wire.delivered_data(env)
+                verified = False
+            kind, payload, has_payload = wire.message_body(data)
+        except WireError as exc:
+            ctx.drop(exc.reason, exc.detail)
+            self.blame = True  # its origin wrote it so (a relay passes data on as written)
             return None
-        else:
-            verified = False
         self._remember(key, ts, now)
         sender = bytes.fromhex(env.sender)
         return Received(kind, payload, has_payload, sender, verified, len(env.path), via)
@@ -126,7 +124,13 @@ class Inbox:
     def _verify(
         self, env: Envelope, raw_auth: Any, key: int, via: int, now: float
     ) -> tuple[int, Any] | None:
-        """Check a message's signature, date and replay; return (ts, signed body) or None."""
+        """Check a message's date, replay and signature; return (ts, its data read) or None.
+
+        The signature covers the data's canonical form, which is how our origins write it, so
+        it is first checked against the data as written: one hash, no reading. Only when that
+        fails (a relay that wrote the data again, as 0.0.2 relays do, or a forgery) is the data
+        read and its canonical form made, within the budget of the link it came through.
+        """
         ctx = self.ctx
         try:
             auth = wire.parse_auth(raw_auth)
@@ -146,43 +150,44 @@ class Inbox:
         if (auth.ts, key) <= self.replay_floor:
             ctx.drop("replay", env.nonce)
             return None
-        body = env.raw["data"]
+        written = wire.written_data(env)
+        if written is None:
+            ctx.drop("bad-data", "no data")
+            return None
+        if self._signed(env, auth, written):
+            return auth.ts, wire.delivered_data(env)
+        if self.budgets.slow_refused(via, now):
+            self._failed(env, via, now, "check-budget", 0)
+            return None
         try:
-            data, exact = wire.quick_canonical(body)
-        except ValueError:
-            ctx.drop("too-deep", env.sender)
+            value = wire.data_value(env)
+            text, exact = wire.quick_canonical(value)
+            if not exact:
+                # Numbers or keys the C serializer writes unlike RFC 8785: the slow form.
+                text, value = wire.canonical_received(value)
+        except (WireError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, WireError) else "bad-data"
+            self._failed(env, via, now, reason, len(written))
             return None
-        if not exact:
-            # Numbers or keys the C serializer writes unlike RFC 8785: the slow canonical form,
-            # within the budget of the link it came through for such data that proves forged.
-            budgets = self.budgets
-            if budgets.slow_refused(via, now):
-                ctx.drop("check-budget", env.sender)
-                return None
-            size = len(data)
-            try:
-                data, body = wire.canonical_received(body)
-            except ValueError:
-                budgets.slow_failed(via, size, now)
-                ctx.drop("bad-data", "data cannot be canonicalised")
-                return None
-            if not self._signed(env, auth, data, via, now):
-                budgets.slow_failed(via, size, now)
-                return None
-        elif not self._signed(env, auth, data, via, now):
-            return None
-        return auth.ts, body
+        if text != written and self._signed(env, auth, text):
+            return auth.ts, value
+        self._failed(env, via, now, "bad-signature", len(written))
+        return None
 
-    def _signed(self, env: Envelope, auth: wire.Auth, data: bytes, via: int, now: float) -> bool:
-        """Whether ``auth`` signs ``env`` with canonical ``data``; a failure is counted and
-        charged to the link ``via``."""
+    def _signed(self, env: Envelope, auth: wire.Auth, data: bytes) -> bool:
+        """Whether ``auth`` signs ``env`` with ``data`` as its canonical data."""
         signed = wire.signed_bytes(env.to, env.sender, env.nonce, auth.ts, data)
-        if self.verify(auth.key, auth.sig, signed):
-            return True
-        self.ctx.drop("bad-signature", env.sender)
-        self.budgets.failed(via, now)
+        return self.verify(auth.key, auth.sig, signed)
+
+    def _failed(self, env: Envelope, via: int, now: float, reason: str, size: int) -> None:
+        """A message failed its check: count it, charge the link ``via`` (and ``size`` bytes
+        read for nothing), and blame the sender."""
+        self.ctx.drop(reason, env.sender)
+        budgets = self.budgets
+        budgets.failed(via, now)
+        if size:
+            budgets.slow_failed(via, size, now)
         self.blame = True
-        return False
 
     def _remember(self, key: int, ts: int, now: float) -> None:
         cfg = self.ctx.config

@@ -66,9 +66,7 @@ class Links:
     def opening(self) -> int:
         """How many links we started (dials, WebRTC links) are still opening."""
         return sum(
-            1
-            for link in self.by_handle.values()
-            if link.state < OPEN and not link.inbound_pending
+            1 for link in self.by_handle.values() if link.state < OPEN and not link.inbound_pending
         )
 
     def _new(self, outbound: bool, transport: str, deadline: float, now: float) -> Link:

@@ -233,24 +233,32 @@ _PEEK: Final = 1024
 
 
 def data_kind(env: Envelope) -> str | None:
-    """The type of an envelope's message, if it can be told cheaply: small data is read; larger
-    data is recognised as a user message in the two forms origins write (keys sorted, as ours
-    sign it, or ``type`` first, as 0.0.2 writes it). None otherwise."""
+    """The type of an envelope's message, told cheaply: from the forms origins write (keys
+    sorted, so ``type`` last, as ours sign it; ``type`` first, as 0.0.2 writes it), else by
+    reading small data. None if it cannot be told (the destination reads it in the end)."""
     data = env.raw.get("data")
     if type(data) is not Written:
         kind = data.get("type") if type(data) is dict else None
         return kind if type(kind) is str else None
     text = data.json
-    if len(text) <= _PEEK:
-        try:
-            value = _json.loads(text)
-        except ValueError:
-            return None
-        kind = value.get("type") if type(value) is dict else None
-        return kind if type(kind) is str else None
-    if text.endswith(b',"type":"user"}') or text.startswith(b'{"type":"user",'):
-        return USER
-    return None
+    if text.endswith(b'"}'):
+        at = text.rfind(b'"type":"')
+        if at > 0 and text[at - 1] in b",{":
+            kind = text[at + 8 : -2]
+            if b'"' not in kind and b"\\" not in kind:
+                return kind.decode("utf-8", "replace")
+    if len(text) > _PEEK:
+        if text.startswith(b'{"type":"'):
+            kind = text[9 : text.find(b'"', 9)]
+            if b"\\" not in kind:
+                return kind.decode("utf-8", "replace")
+        return None
+    try:
+        value = _json.loads(text)
+    except ValueError:
+        return None
+    kind = value.get("type") if type(value) is dict else None
+    return kind if type(kind) is str else None
 
 
 HOP_BYTES: Final = 43

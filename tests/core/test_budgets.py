@@ -278,3 +278,28 @@ def test_a_restarted_peer_refuses_messages_dated_before_it_started() -> None:
     restarted.frame_received(again, frame, T0 + 5.0)
     assert not any(isinstance(e, Delivered) for e in restarted.events())
     assert restarted.stats.dropped["before-start"] == 1
+
+
+def test_requests_disguised_as_user_messages_are_charged_to_their_link() -> None:
+    """A request whose data looks like a user message at a glance (a repeated ``type`` key,
+    the last one winning) passes the check before the signature; once read, its sender's budget
+    refuses it, and the check it cost is charged to the link it came through."""
+    core, calls = counting_core(peer_control_rate=5.0, link_control_rate=5.0)
+    relay, sender = ident(3), ident(4)
+    link = open_raw_link(core, relay)
+    core.events()
+    calls.clear()
+    for i in range(100):
+        value = {"data": core.hex, "pad": "x" * 1100, "type": "findPeers", "z": i}
+        body = wire.canonical(value)
+        ts = int(T0 * 1000)
+        sig = sender.sign(wire.signed_bytes(core.hex, sender.id.hex(), f"d{i}", ts, body))
+        auth = {"key": wire.b64encode(sender.public_key), "sig": wire.b64encode(sig), "ts": ts}
+        written = b'{"type":"user",' + body[1:]
+        frame = wire.origin_frame(core.hex, sender.id.hex(), f"d{i}", written, auth)
+        core.frame_received(link, relayed(frame, relay), T0)
+    events = core.events()
+    assert sum(isinstance(e, SendFrame) for e in events) == 10  # the sender's burst answered
+    assert core.stats.dropped["check-budget"] >= 70
+    assert len(calls) <= 2 * 30  # as written, then read: for 10 answered and 10 refused
+    assert not any(isinstance(e, CloseLink) for e in events)

@@ -59,7 +59,10 @@ class ControlBudgets:
         of them is spent."""
         reason = self.refusal(sender_hex, via, now)
         if reason is not None:
+            # It passed the check before its signature only by not looking like a request:
+            # the check was spent for nothing, and the link it came through pays for it.
             self.ctx.drop(reason, sender_hex)
+            self.failed(via, now)
             return False
         self.by_sender.take(sender_hex, now)
         self.by_link.take(via, now)

@@ -191,13 +191,15 @@ def test_frames_a_relay_cannot_pass_on_are_dropped_and_the_link_lives_on(
     target adds its id (dropped there): each is counted, the raw link that sent them stays open,
     and honest traffic flows."""
     target, bob = live.target, live.bob
-    sender = "ab" * 20
-    head = f'{{"to":"{bob.id.hex()}","from":"{sender}","path":["{sender}"],"nonce":'
+    sender, me = "ab" * 20, Identity.generate()
+    # From "sender", handed on by us (the last hop of a frame is the peer that sent it).
+    head = f'{{"to":"{bob.id.hex()}","from":"{sender}","path":["{sender}","{me.id.hex()}"],"nonce":'
     deep = "[" * 300 + "]" * 300
     tail = '"d2","data":{"type":"user","data":""}}'
     filler = target.config.max_frame - len(head) - len(tail) - 10
     unsigned_before = bob.stats["dropped"].get("unsigned", 0)
-    with raw_link(target.url or "") as ws:
+    with connect(target.url or "", open_timeout=5, compression=None) as raw:
+        ws = handshake(raw, me)
         ws.send(head + f'"d1","data":{{"type":"user","data":{deep}}}}}')
         ws.send(head + tail.replace('""', '"' + "x" * filler + '"'))
 

@@ -447,6 +447,12 @@ class PeerRelay:
         remote = ws.remote_address
         source = source_of(str(remote[0])) if remote else None
         handle = self._core.link_accepted(time.time(), "ws", source)
+        if not self._core.has_link(handle):
+            # Refused at once (the handshake budgets were spent): no closing handshake, which
+            # an idle attacker would never answer and which would hold the socket for seconds.
+            ws.transport.abort()
+            self._flush()
+            return
         await self._run_link(handle, ws)
 
     async def _dial(self, handle: int, url: str) -> None:
@@ -560,7 +566,12 @@ class _NodeHost:
     def close_link(self, handle: int, reason: str) -> None:
         peer = self._peer
         link = peer._links.get(handle)
-        if link is not None:
+        if isinstance(link, WsLink) and peer._core is not None and not peer._core.has_link(handle):
+            # It never opened (the core forgot it already): no closing handshake to wait for,
+            # and nothing more to carry.
+            peer._links.pop(handle, None)
+            link.abort(reason)
+        elif link is not None:
             link.close(reason)
         elif peer._rtc is not None:
             peer._rtc.close_link(handle, reason)

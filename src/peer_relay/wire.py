@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -77,9 +78,11 @@ def loads(frame: bytes | str, max_size: int) -> Any:
     try:
         return _json.loads(frame)
     except ValueError as exc:  # orjson's JSONDecodeError, or the json fallback's errors
+        if str(exc).startswith("depth limit exceeded"):
+            raise WireError("too-deep", "nested past 1,024 levels") from None
         raise WireError("malformed-json", str(exc)[:80]) from None
     except RecursionError:  # the json fallback, on nesting orjson refuses as malformed
-        raise WireError("malformed-json", "nested too deeply") from None
+        raise WireError("too-deep", "nested too deeply") from None
 
 
 class Written:
@@ -100,6 +103,7 @@ READ: Final = frozenset(("to", "from", "path", "nonce", "auth", "route", "pr"))
 members other implementations add) is kept as :class:`Written`."""
 
 _MEMBERS: Final = None if msgspec is None else msgspec.json.Decoder(dict[str, msgspec.Raw])
+_DEPTH_CLAMP: Final = 1000
 
 
 def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
@@ -112,6 +116,15 @@ def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
     """
     if len(frame) > max_size:
         raise WireError("oversize", f"{len(frame)} > {max_size} bytes")
+    try:
+        # Text that is not UTF-8 (bytes) or holds lone surrogates (str) is refused as every
+        # JSON reader here refuses it, and a WebSocket could not carry it on.
+        if isinstance(frame, str):
+            frame = frame.encode("utf-8")
+        else:
+            frame.decode("utf-8")
+    except UnicodeError:
+        raise WireError("malformed-json", "not UTF-8") from None
     if _MEMBERS is None:
         obj = loads(frame, max_size)
         if type(obj) is not dict:
@@ -123,12 +136,22 @@ def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
                 except TypeError:
                     raise WireError("malformed-json", "nested too deeply") from None
         return obj
+    limit = sys.getrecursionlimit()
     try:
+        if limit > _DEPTH_CLAMP:
+            # msgspec nests as deep as the recursion limit lets it: held at the default, it
+            # never passes on a frame nested past the 1,024 levels every other reader takes.
+            sys.setrecursionlimit(_DEPTH_CLAMP)
         members = _MEMBERS.decode(frame)
     except msgspec.ValidationError:
         raise WireError("not-envelope", "frame is not an object") from None
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except msgspec.DecodeError as exc:
         raise WireError("malformed-json", str(exc)[:80]) from None
+    except RecursionError:  # also: the stack is already deeper than the clamp
+        raise WireError("too-deep", "nested too deeply") from None
+    finally:
+        if limit > _DEPTH_CLAMP:
+            sys.setrecursionlimit(limit)
     out: dict[str, Any] = {}
     for key, raw in members.items():
         if key in READ:
@@ -137,8 +160,24 @@ def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
             except ValueError as exc:
                 raise WireError("malformed-json", str(exc)[:80]) from None
         else:
-            out[key] = Written(bytes(raw))
+            written = bytes(raw)
+            if _out_of_range(written):
+                try:  # only the strict reader can tell; such numbers are rare
+                    _json.loads(written)
+                except ValueError as exc:
+                    raise WireError("malformed-json", str(exc)[:80]) from None
+            out[key] = Written(written)
     return out
+
+
+def _out_of_range(text: bytes) -> bool:
+    """Whether JSON ``text`` may hold a number beyond a double's range (which strict readers
+    refuse and a syntax check passes): an exponent of three digits or more, or 309 digits in a
+    row."""
+    if b"e" not in text and b"E" not in text and len(text) < 309:
+        return False
+    shapes = text.translate(_NUMBER_SHAPES)
+    return b"e999" in shapes or b"e+999" in shapes or b"9" * 309 in shapes
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +196,11 @@ class Envelope:
 
 
 def parse_envelope(obj: Any, max_hops: int = MAX_HOPS) -> Envelope:
-    """Check the parts of an envelope a relay needs (ids, path, nonce); raise WireError."""
+    """Check the parts of an envelope a relay needs (ids, path, nonce); raise WireError.
+
+    The path starts with the origin (every peer that sends a message, its origin included,
+    appends its id): otherwise the next relay would pass on a message that looks like its own.
+    """
     if type(obj) is not dict or "to" not in obj or "path" not in obj:
         raise WireError("not-envelope", "missing to or path")
     to = hex_from_wire(obj.get("to"))
@@ -172,6 +215,8 @@ def parse_envelope(obj: Any, max_hops: int = MAX_HOPS) -> Envelope:
     for hop in path:
         if type(hop) is not str or len(hop) != ID_HEX:
             raise WireError("bad-path", "path entry is not a hex id")
+    if not path or path[0].lower() != sender:
+        raise WireError("bad-path", "path does not start with the origin")
     nonce = obj.get("nonce")
     if type(nonce) is not str or not nonce or len(nonce) > MAX_NONCE_CHARS:
         raise WireError("bad-nonce", "nonce is not a short string")

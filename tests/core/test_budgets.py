@@ -155,23 +155,45 @@ def test_forgeries_do_not_spend_the_budget_of_the_peer_they_name() -> None:
     assert answers(core) == 2
 
 
-def test_a_link_bringing_forgeries_has_them_refused_unchecked_and_stays_open() -> None:
+def test_forgeries_injected_through_an_honest_relay_spend_the_injectors_budget() -> None:
+    """X hands forgeries to our peer R, which relays them: each peer checks that the last hop
+    of a message is the peer it got it from, so the hop before R is X, and X's budget is what
+    the forgeries spend. Honest messages through R keep being checked and delivered."""
+    core, calls = counting_core(link_control_rate=5.0)
+    relay, injector, alice = ident(3), ident(4), ident(5)
+    link = open_raw_link(core, relay)
+    core.events()
+    calls.clear()
+    for i in range(40):
+        forged = signed(alice, core.id, "user", i, T0, f"f{i}", forge=True)
+        core.frame_received(link, relayed(relayed(forged, injector), relay), T0)
+    assert len(calls) == 10  # twice the rate, then refused unchecked
+    assert core.stats.dropped["check-budget"] == 30
+    honest = signed(alice, core.id, "user", "real", T0, "ok")
+    core.frame_received(link, relayed(honest, relay), T0)
+    events = core.events()
+    assert [e.data for e in events if isinstance(e, Delivered)] == ["real"]
+    assert not any(isinstance(e, CloseLink) for e in events)
+
+
+def test_a_relay_bringing_forgeries_from_many_has_them_refused_unchecked_and_stays_open() -> None:
+    """A relay can name any hop before it: what one link brings has a budget of its own, four
+    times one injector's; past it, what comes through the link is refused unchecked until the
+    budget refills, and the link stays open (the relay may be honest)."""
     core, calls = counting_core(link_control_rate=5.0)
     relay = ident(3)
     link = open_raw_link(core, relay)
     core.events()
-    calls.clear()  # the link proof
-    for i in range(40):
+    calls.clear()
+    for i in range(80):
         forged = signed(ident(10 + i), core.id, "user", i, T0, "n", forge=True)
         core.frame_received(link, relayed(forged, relay), T0)
-    assert len(calls) == 10  # twice the rate, then refused unchecked
-    assert core.stats.dropped["check-budget"] == 30
+    assert len(calls) == 40  # the link's burst: eight times link_control_rate
+    assert core.stats.dropped["check-budget"] == 40
     assert not any(isinstance(e, CloseLink) for e in core.events())
-    # The budget refills: honest messages through the link are delivered again.
     later = T0 + 2.0
-    core.frame_received(
-        link, relayed(signed(ident(9), core.id, "user", 1, later, "ok"), relay), later
-    )
+    frame = relayed(signed(ident(9), core.id, "user", 1, later, "ok"), relay)
+    core.frame_received(link, frame, later)
     assert any(isinstance(e, Delivered) for e in core.events())
 
 
@@ -300,6 +322,37 @@ def test_requests_disguised_as_user_messages_are_charged_to_their_link() -> None
         core.frame_received(link, relayed(frame, relay), T0)
     events = core.events()
     assert sum(isinstance(e, SendFrame) for e in events) == 10  # the sender's burst answered
-    assert core.stats.dropped["check-budget"] >= 70
-    assert len(calls) <= 2 * 30  # as written, then read: for 10 answered and 10 refused
+    assert core.stats.dropped["check-budget"] >= 45
+    assert len(calls) <= 2 * 50  # as written, then read: for 10 answered and 40 refused
     assert not any(isinstance(e, CloseLink) for e in events)
+
+
+def test_an_offer_we_refused_is_made_up_for_when_we_ask_that_peer_ourselves() -> None:
+    """When both ask at once, the higher id answers. If we (higher) refused the lower peer's
+    offer for want of budget, our own offer asks to be answered, and the lower peer answers it
+    instead of waiting for an answer that will not come."""
+    low, high = sorted((ident(50), ident(51)), key=lambda i: i.id)
+    core = Core(
+        high, Config(peer_control_rate=0.5), rng=random.Random(1), now=T0, verify=fast_verify
+    )
+    relay = ident(3)
+    link = open_raw_link(core, relay)
+    core.events()
+    for i in range(3):  # the first spends the burst of one
+        offer = signed(low, core.id, "handshake-offer", {"ws": None, "wrtc": False}, T0, f"o{i}")
+        core.frame_received(link, relayed(offer, relay), T0)
+    assert core.stats.dropped["rate-limited-peer"] == 2
+    core.events()
+    core.connect(low.id, T0)
+    sent = [orjson.loads(e.frame) for e in core.events() if isinstance(e, SendFrame)]
+    assert [m["data"]["data"] for m in sent] == [{"unanswered": True, "wrtc": False, "ws": None}]
+    # The lower peer, asking the higher at the same time, answers such an offer.
+    lower = Core(
+        low, Config(url="ws://192.0.2.9:1"), rng=random.Random(2), now=T0, verify=fast_verify
+    )
+    back = open_raw_link(lower, relay)
+    lower.connect(high.id, T0)
+    lower.events()
+    lower.frame_received(back, relayed(orjson.dumps(sent[0]), relay), T0)
+    answers = [orjson.loads(e.frame) for e in lower.events() if isinstance(e, SendFrame)]
+    assert [a["data"]["type"] for a in answers] == ["handshake-answer"]

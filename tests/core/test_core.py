@@ -159,7 +159,7 @@ def test_hop_limit_and_loops() -> None:
     env["path"] = [a.id.hex()] * 20
     core.frame_received(ha, orjson.dumps(env), T0)
     assert core.stats.dropped["too-many-hops"] == 1
-    env["path"] = [a.id.hex(), core.hex]
+    env["path"] = [a.id.hex(), core.hex, a.id.hex()]
     env["nonce"] = "other"
     core.frame_received(ha, orjson.dumps(env), T0)
     assert core.stats.dropped["loop"] == 1

@@ -84,7 +84,7 @@ def test_a_frame_nested_past_what_is_read_is_dropped_and_the_link_kept() -> None
     core.frame_received(handle_a, frame, T0)  # must not raise
     events = core.events()
     assert not [e for e in events if isinstance(e, SendFrame | CloseLink)], events
-    assert core.stats.dropped["malformed-json"] == 1
+    assert core.stats.dropped["too-deep"] == 1
     assert sorted(core.peers) == sorted([a.id, b.id])
     # The sender's link still carries its honest messages.
     core.frame_received(handle_a, raw_envelope(a, b, '"fine"').replace(b'"7"', b'"8"'), T0)

@@ -410,7 +410,7 @@ async def test_unsigned_messages_marked_signed_ones_verified(original: OriginalN
                 forged = {
                     "to": hub.id.hex(),
                     "from": ours.id.hex(),
-                    "path": [liar.hex()],
+                    "path": [ours.id.hex(), liar.hex()],  # it claims to pass it on
                     "nonce": "forged-1",
                     "data": {"type": "user", "data": {"who": "forged"}},
                 }

@@ -85,7 +85,11 @@ class Connector:
         ctx = self.ctx
         self.attempts[peer_id] = Attempt(now + ctx.config.connect_timeout, user)
         ctx.wake(now)
-        offer = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
+        offer: dict[str, Any] = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
+        if peer_id < ctx.id and peer_id.hex() in self.budgets.refused_offers.entries:
+            # We refused its offer (a budget was spent): it may be waiting for our answer and
+            # ignore our offer, as the higher id answers when both ask. Ask it to answer.
+            offer["unanswered"] = True
         self.router.originate(peer_id.hex(), wire.HANDSHAKE_OFFER, offer, now)
 
     def fail(self, peer_id: bytes, reason: str, now: float) -> None:
@@ -132,6 +136,7 @@ class Connector:
         """Forget answers and back-offs whose time is over."""
         self.undialable.expire(now)
         self.answered.expire(now)
+        self.budgets.refused_offers.expire(now)
 
     # ---------------------------------------------------------------- their offers and answers
 
@@ -143,7 +148,11 @@ class Connector:
         ctx = self.ctx
         if not self.budgets.spend(sender.hex(), msg.via, now):
             return
-        if sender in self.attempts and sender > ctx.id:
+        if (
+            sender in self.attempts
+            and sender > ctx.id
+            and not (type(payload) is dict and payload.get("unanswered") is True)
+        ):
             return  # Both asked at once: the peer with the higher id answers.
         if ctx.url is None and not ctx.config.webrtc and not self._dial_back(sender, payload, now):
             return
@@ -155,10 +164,11 @@ class Connector:
         """We cannot be dialled, so dial the URL of ``sender``'s offer (if it has one); False (a
         counted drop) when we will not.
 
-        An offer can name any address, so one is followed only to a ``ws``/``wss`` URL, from a
-        peer we are connecting to or would keep a link to, once per sender while its answer
-        stands, within half of ``max_dialing`` and within ``max_connecting`` dials per
-        ``connect_timeout``: nobody can make us dial hosts of its choosing at will.
+        An offer can name any address, so one is followed only to a ``ws``/``wss`` URL, once per
+        sender while its answer stands, and from a peer we are connecting to (within
+        ``max_dialing``) or one we would keep a link to (within half of ``max_dialing`` and
+        ``max_connecting`` dials per ``connect_timeout``): nobody can make us dial hosts of its
+        choosing at will, nor keep us from the links we asked for.
         """
         ctx = self.ctx
         cfg = ctx.config
@@ -171,11 +181,18 @@ class Connector:
         if sender in self.answered.entries:
             ctx.drop("offer-repeated", sender.hex())
             return False
-        if sender not in self.attempts and not self.would_link(sender, now):
+        if sender in self.attempts:
+            # We asked for this link ourselves: only our own dial budget applies.
+            if self.links.opening() >= cfg.max_dialing:
+                ctx.drop("too-many-dialing", sender.hex())
+                return False
+        elif not self.would_link(sender, now):
             ctx.drop("offer-unwanted", sender.hex())
             return False
-        if self.links.opening() >= cfg.max_dialing // 2 or not self.dial_backs.take(now):
+        elif self.links.opening() >= cfg.max_dialing // 2 or not self.dial_backs.take(now):
             ctx.drop("too-many-dialing", sender.hex())
+            # Should we ask it for a link ourselves meanwhile, we must ask for an answer.
+            self.budgets.refused_offers.touch(sender.hex(), now + cfg.connect_timeout)
             return False
         self.links.dial(url, sender, now)
         return True

@@ -77,6 +77,8 @@ class Core:
             ctx, links, router, discovery, connector, bootstrap
         )
         connector.would_link = population.would_link
+        attempts = connector.attempts
+        budgets.expected = lambda sender_hex: bytes.fromhex(sender_hex) in attempts
         self._inbox = Inbox(ctx, verify, budgets, now)
         self._dispatch: dict[str, Callable[[Received, float], None]] = {
             wire.USER: self._on_user,
@@ -264,6 +266,11 @@ class Core:
         else:
             self._links.connected(link, now)
 
+    def has_link(self, handle: int) -> bool:
+        """Whether ``handle`` is a link the core keeps (opening, open or draining): False for a
+        connection it refused at once, which the host may then drop without ceremony."""
+        return handle in self._links.by_handle
+
     def link_closed(self, handle: int, now: float, reason: str = "closed") -> None:
         """Link ``handle`` closed (or a dial failed) on the host's side."""
         link = self._links.by_handle.get(handle)
@@ -310,7 +317,11 @@ class Core:
                 return
             env = wire.parse_envelope(obj, ctx.config.max_hops)
         except WireError as exc:
-            links.strike(link, exc, now)
+            if exc.reason == "too-deep" and link.state == OPEN:
+                # Readers differ a little in how deep they go: a relay may have passed it on.
+                ctx.drop(exc.reason, exc.detail)
+            else:
+                links.strike(link, exc, now)
             return
         if link.state < OPEN:
             # The remote's first frame on a WebRTC link (see link_connected). Its id is proven if
@@ -319,6 +330,11 @@ class Core:
             links.establish(link, link.expected, link.authenticated, now)
             if link.state != OPEN:
                 return
+        if env.path[-1] != link.peer_hex:
+            # Every peer that sends a message adds its id to the path: the last hop is the peer
+            # at the other end of this link, or it lies about who handed it the message.
+            links.strike(link, WireError("bad-path", "the last hop is not the sender"), now)
+            return
         if env.to == self.hex:
             self._receive(env, link, now)
         elif self._inbox.first_relay(env, now):

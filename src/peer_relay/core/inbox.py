@@ -16,7 +16,7 @@ from .. import wire
 from ..identity import Verifier, id_for_key
 from ..wire import Envelope, WireError
 from .bounded import BoundedMap, expires_at
-from .budgets import REQUESTS, ControlBudgets
+from .budgets import REQUESTS, ControlBudgets, Source
 from .context import Context
 from .link import Link
 
@@ -39,8 +39,8 @@ class Received(NamedTuple):
     sender: bytes
     verified: bool
     hops: int
-    via: int
-    """The handle of the link it arrived through."""
+    via: Source
+    """Where it came from, for the budgets (see :data:`~peer_relay.core.budgets.Source`)."""
 
 
 class Inbox:
@@ -86,22 +86,29 @@ class Inbox:
         if key in self.delivered:
             ctx.drop("duplicate", env.nonce)
             return None
-        via = link.handle
+        via: Source = link.handle if link.source is None else link.source
         budgets = self.budgets
-        if budgets.checks_refused(via, now):
+        # Forgeries are charged to the link, and to the hop before: the peer that handed the
+        # message to our peer (each peer checks the last hop is the one it got it from). One
+        # who injects forgeries through an honest relay spends its own budget, not everyone's.
+        injected: Source = f"{via}<{env.path[-2]}" if len(env.path) > 1 else via
+        if budgets.checks_refused(injected, via, now):
             ctx.drop("check-budget", env.sender)
             return None
-        if wire.data_kind(env) in REQUESTS:
+        kind = wire.data_kind(env)
+        if kind in REQUESTS:
             reason = budgets.refusal(env.sender, via, now)
             if reason is not None:
                 ctx.drop(reason, env.sender)
+                if kind == wire.HANDSHAKE_OFFER:
+                    budgets.refused_offers.touch(env.sender, now + ctx.config.connect_timeout)
                 self.blame = reason == "rate-limited-peer"
                 return None
         ts = -1
         raw_auth = env.raw.get("auth")
         try:
             if raw_auth is not None:
-                checked = self._verify(env, raw_auth, key, via, now)
+                checked = self._verify(env, raw_auth, key, (injected, via), now)
                 if checked is None:
                     return None
                 ts, data = checked
@@ -122,7 +129,7 @@ class Inbox:
         return Received(kind, payload, has_payload, sender, verified, len(env.path), via)
 
     def _verify(
-        self, env: Envelope, raw_auth: Any, key: int, via: int, now: float
+        self, env: Envelope, raw_auth: Any, key: int, came: tuple[Source, Source], now: float
     ) -> tuple[int, Any] | None:
         """Check a message's date, replay and signature; return (ts, its data read) or None.
 
@@ -156,8 +163,8 @@ class Inbox:
             return None
         if self._signed(env, auth, written):
             return auth.ts, wire.delivered_data(env)
-        if self.budgets.slow_refused(via, now):
-            self._failed(env, via, now, "check-budget", 0)
+        if self.budgets.slow_refused(came[1], now):
+            self._failed(env, came, now, "check-budget", 0)
             return None
         try:
             value = wire.data_value(env)
@@ -167,11 +174,11 @@ class Inbox:
                 text, value = wire.canonical_received(value)
         except (WireError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, WireError) else "bad-data"
-            self._failed(env, via, now, reason, len(written))
+            self._failed(env, came, now, reason, len(written))
             return None
         if text != written and self._signed(env, auth, text):
             return auth.ts, value
-        self._failed(env, via, now, "bad-signature", len(written))
+        self._failed(env, came, now, "bad-signature", len(written))
         return None
 
     def _signed(self, env: Envelope, auth: wire.Auth, data: bytes) -> bool:
@@ -179,12 +186,15 @@ class Inbox:
         signed = wire.signed_bytes(env.to, env.sender, env.nonce, auth.ts, data)
         return self.verify(auth.key, auth.sig, signed)
 
-    def _failed(self, env: Envelope, via: int, now: float, reason: str, size: int) -> None:
-        """A message failed its check: count it, charge the link ``via`` (and ``size`` bytes
-        read for nothing), and blame the sender."""
+    def _failed(
+        self, env: Envelope, came: tuple[Source, Source], now: float, reason: str, size: int
+    ) -> None:
+        """A message failed its check: count it, charge whoever handed it on and the link it
+        came through (``came``; and the ``size`` bytes read for nothing), blame the sender."""
         self.ctx.drop(reason, env.sender)
         budgets = self.budgets
-        budgets.failed(via, now)
+        injected, via = came
+        budgets.failed(injected, via, now)
         if size:
             budgets.slow_failed(via, size, now)
         self.blame = True

@@ -89,6 +89,17 @@ class WsLink:
             self._close_reason = reason
             self._wake.set()
 
+    def abort(self, reason: str) -> None:
+        """Drop the connection at once, without a closing handshake (for a connection that
+        never became a link: its remote may never answer one)."""
+        if not self._closing:
+            self._closing = True
+            self._close_reason = reason
+        transport = getattr(self.ws, "transport", None)
+        if transport is not None:
+            transport.abort()
+        self._wake.set()
+
     async def run(self) -> None:
         """Read frames until the connection ends, then report ``on_close`` exactly once."""
         writer = asyncio.create_task(self._write())

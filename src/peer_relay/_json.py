@@ -4,9 +4,10 @@
 browser, offline). The fallback parses with :mod:`json` held to orjson's strictness, so a frame
 is accepted or refused alike by either backend:
 
-- ``NaN``, ``Infinity``, numbers that overflow a double, lone surrogates (escaped or raw), invalid
-  UTF-8, a byte order mark, control characters in strings and nesting deeper than
-  :data:`MAX_DEPTH` are refused;
+- ``NaN``, ``Infinity``, numbers that overflow a double, lone surrogates (escaped or raw, even in
+  a value a duplicate key replaces), invalid UTF-8, a byte order mark, control characters in
+  strings and nesting deeper than :data:`MAX_DEPTH` are refused;
+- nesting up to :data:`MAX_DEPTH` is accepted however deep the caller's stack already is;
 - integers outside the 64-bit range are read as doubles, as orjson reads them;
 - duplicate keys keep the last value (both do).
 
@@ -34,10 +35,14 @@ MAX_DEPTH: Final = 1024
 
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**64 - 1
-# An escaped surrogate (\uD800-\uDFFF); whether it is paired is checked on the parsed value.
+# An escaped surrogate (\uD800-\uDFFF); whether it is paired is checked string by string.
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
+# A string literal, or an unterminated one up to the end of the text: a match never fails once
+# begun, so a scan is linear (an unterminated string full of escaped quotes made a pattern that
+# can fail take quadratic time). In a document json accepted, every '"' outside a string opens one.
+_STRING_LITERAL = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 # Strings and brackets: enough to measure nesting without being fooled by brackets in strings.
-_DEPTH_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
+_DEPTH_TOKEN = re.compile(_STRING_LITERAL.pattern + r"|[\[\]{}]", re.DOTALL)
 
 
 class Fragment:
@@ -85,22 +90,34 @@ def _depth(text: str) -> int:
     return deepest
 
 
-def _has_surrogate(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        kind = type(item)
-        if kind is str:
+def _escapes_lone_surrogate(text: str) -> bool:
+    """Whether a string literal in ``text`` (a document json accepted) escapes a lone surrogate.
+
+    The literals are checked, not the parsed value: a duplicate key's earlier value is gone from
+    the value, and orjson refuses the document all the same.
+    """
+    for match in _STRING_LITERAL.finditer(text):
+        literal = match.group()
+        if _ESCAPED_SURROGATE.search(literal):
             try:
-                item.encode("utf-8")
+                _decoder.decode(literal).encode("utf-8")
             except UnicodeEncodeError:
                 return True
-        elif kind is list:
-            stack.extend(item)
-        elif kind is dict:
-            stack.extend(item)
-            stack.extend(item.values())
     return False
+
+
+def _decode_deep(text: str) -> Any:
+    """Decode ``text`` (nested at most :data:`MAX_DEPTH` deep) with room on the stack for every
+    level, however deep the caller already is: json recurses once per level (the pure-Python
+    decoder twice)."""
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + 3 * _depth(text) + 100)
+    try:
+        return _decoder.decode(text)
+    except RecursionError:
+        raise ValueError("depth limit exceeded") from None
+    finally:
+        sys.setrecursionlimit(limit)
 
 
 def std_loads(frame: bytes | bytearray | memoryview | str) -> Any:
@@ -112,20 +129,13 @@ def std_loads(frame: bytes | bytearray | memoryview | str) -> Any:
         text = bytes(frame).decode("utf-8")  # strict: invalid UTF-8 and surrogates raise
     if not text.strip(" \t\n\r"):
         raise ValueError("Input is a zero-length, empty document")
-    depth = _depth(text) if text.count("[") + text.count("{") > 256 else 0
-    if depth > MAX_DEPTH:
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth(text) > MAX_DEPTH:
         raise ValueError("depth limit exceeded")
-    limit = sys.getrecursionlimit()
     try:
-        if depth > 256:  # json recurses once per level: make room for orjson's 1024
-            sys.setrecursionlimit(max(limit, depth + 500))
         value = _decoder.decode(text)
-    except RecursionError:
-        raise ValueError("depth limit exceeded") from None
-    finally:
-        if depth > 256:
-            sys.setrecursionlimit(limit)
-    if _ESCAPED_SURROGATE.search(text) and _has_surrogate(value):
+    except RecursionError:  # the caller's stack was deep already, or the document is
+        value = _decode_deep(text)
+    if _ESCAPED_SURROGATE.search(text) and _escapes_lone_surrogate(text):
         raise ValueError("no low surrogate in string")
     return value
 

@@ -3,8 +3,10 @@ accept, refuse and write frames exactly as the orjson backend does."""
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -41,6 +43,7 @@ VALID = [
     b'"\\u0000\\n\\"\\\\\\/"',
     b'"\\\\ud800"',
     b'["[[[[", "{{{{", "\\"["]',
+    b'{"a":"\\\\ud800","a":1}',  # an escaped backslash and text, then a duplicate key
     b"[" * 1024 + b"]" * 1024,
     b"true",
 ]
@@ -59,6 +62,9 @@ INVALID = [
     b'"\\udc00x"',
     b'["\\ud83d"]',
     b'{"\\ude00":1}',
+    b'{"a":"\\ud800","a":1}',  # a lone surrogate in a value that a duplicate key replaces
+    b'[{"k":"\\udc00x","k":0}]',
+    b'{"\\ud800":1,"\\ud800":2}',
     b'"\xed\xa0\x80"',
     b'"\xff"',
     b"\xef\xbb\xbf{}",
@@ -145,8 +151,9 @@ def test_valid_frames_parse_alike(frame: bytes) -> None:
 
 @pytest.mark.parametrize("frame", INVALID, ids=lambda f: repr(f[:30]))
 def test_invalid_frames_are_refused_alike(frame: bytes) -> None:
-    assert with_backend("orjson", lambda: outcome(frame)) == ("error", "malformed-json")
-    assert with_backend("json", lambda: outcome(frame)) == ("error", "malformed-json")
+    fast = with_backend("orjson", lambda: outcome(frame))
+    assert fast in (("error", "malformed-json"), ("error", "too-deep"))
+    assert with_backend("json", lambda: outcome(frame)) == fast
 
 
 @pytest.mark.parametrize("backend", ["orjson", "json"])
@@ -278,3 +285,43 @@ def test_two_cores_exchange_signed_messages_on_the_fallback(fallback: None) -> N
     got = {(d.sender, repr(d.data), d.verified) for d in delivered}
     assert (ida.id, repr({"hello": ["wörld", 1.5, 2**50]}), True) in got
     assert (idb.id, repr("back"), True) in got
+
+
+def stack_depth() -> int:
+    """How many frames the stack holds below the caller's."""
+    frame = inspect.currentframe()
+    depth = 0
+    while frame is not None and frame.f_back is not None:
+        frame, depth = frame.f_back, depth + 1
+    return depth
+
+
+def near_the_recursion_limit(call: Callable[[], Any], room: int = 50) -> Any:
+    """``call()`` with only ``room`` frames left before the recursion limit, as from a deep
+    handler or a deeply nested application."""
+
+    def down(levels: int) -> Any:
+        return call() if levels <= 0 else down(levels - 1)
+
+    return down(sys.getrecursionlimit() - stack_depth() - room)
+
+
+@pytest.mark.parametrize("depth", [100, 300, 1024])
+def test_nesting_orjson_takes_parses_however_deep_the_callers_stack_is(depth: int) -> None:
+    """json recurses once per level; the fallback makes room for it wherever it is called
+    from (it once raised the limit to a fixed height, and refused 300 levels called from
+    deep in the stack), and puts the limit back."""
+    frame = b'{"a":[' * (depth // 2) + b"1" + b"]}" * (depth // 2)  # two levels each
+    limit = sys.getrecursionlimit()
+    deep = near_the_recursion_limit(lambda: with_backend("json", lambda: outcome(frame)))
+    assert deep[0] == "ok" and same_value(deep[1], orjson.loads(frame))
+    assert sys.getrecursionlimit() == limit
+
+
+def test_nesting_is_measured_in_linear_time() -> None:
+    """Deep nesting then an unterminated string full of escaped quotes: refused at once (the
+    scan for nesting depth used to restart at every quote, in quadratic time: minutes for a
+    frame of a few hundred kilobytes)."""
+    frame = b"[" * 1025 + b'"' + b'\\"' * 200_000
+    # Quadratic, this takes minutes: the suite's timeout fails it (no timed assertion here).
+    assert with_backend("json", lambda: outcome(frame)) == ("error", "too-deep")

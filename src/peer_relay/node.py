@@ -17,9 +17,11 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import fields
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.asyncio.server import Server, ServerConnection
+from websockets.http11 import Request, Response
 
 from .core import Config, Core
 from .events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
@@ -35,6 +37,8 @@ if TYPE_CHECKING:
 _log = logging.getLogger("peer_relay.node")
 
 EVENTS = ("message", "peer", "peer-closed")
+_MAX_HELD = 1024
+"""Most upgrade requests held before they are turned away (see ``PeerRelay._screen``)."""
 _CONFIG_FIELDS = frozenset(f.name for f in fields(Config)) - {"url", "webrtc", "require_auth"}
 
 
@@ -153,6 +157,7 @@ class PeerRelay:
         self._connect_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._inbox: asyncio.Queue[Message] | None = None
         self._node_drops: Counter[str] = Counter()
+        self._held = 0
         self._link_ready: asyncio.Event | None = None
         self._starting: asyncio.Future[None] | None = None
         self._destroyed = False
@@ -182,7 +187,9 @@ class PeerRelay:
     async def _start(self) -> None:
         self._link_ready = asyncio.Event()
         if self._port is not None:
-            self._server = await listen(self._accept, self._host, self._port, self._ws_options)
+            self._server = await listen(
+                self._accept, self._host, self._port, self._ws_options, self._screen
+            )
             self.url = self._public_url or _advertised_url(self._server, self._host)
         else:
             self.url = self._public_url
@@ -439,6 +446,26 @@ class PeerRelay:
         task.add_done_callback(self._tasks.discard)
 
     # ------------------------------------------------------------------ WebSocket links
+
+    async def _screen(self, ws: ServerConnection, request: Request) -> Response | None:
+        """Turn away an upgrade from an address that holds all the handshakes it may, late:
+        refused at once, an attacker would connect again at once, and every connection costs
+        an upgrade. Held for most of ``hello_timeout`` (at most ``_MAX_HELD`` at a time), it
+        costs a socket."""
+        core = self._core
+        remote = ws.remote_address
+        if core is None or not remote or core.admits(source_of(str(remote[0]))):
+            return None
+        self._node_drops["too-many-pending-source"] += 1
+        if self._held < _MAX_HELD:
+            self._held += 1
+            try:
+                await asyncio.sleep(0.8 * self._config.hello_timeout)
+            finally:
+                self._held -= 1
+        return ws.respond(
+            HTTPStatus.SERVICE_UNAVAILABLE, "too many connections from your address\n"
+        )
 
     async def _accept(self, ws: ServerConnection) -> None:
         if self._destroyed or self._core is None:

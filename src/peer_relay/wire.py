@@ -24,6 +24,8 @@ from . import _json
 
 try:
     import msgspec
+
+    from . import _envelope
 except ImportError:  # pragma: no cover - depends on the platform (Pyodide)
     msgspec = None  # type: ignore[assignment]
 from .ids import ID_HEX, buffer_json, hex_from_wire, id_from_wire
@@ -103,6 +105,8 @@ READ: Final = frozenset(("to", "from", "path", "nonce", "auth", "route", "pr"))
 members other implementations add) is kept as :class:`Written`."""
 
 _MEMBERS: Final = None if msgspec is None else msgspec.json.Decoder(dict[str, msgspec.Raw])
+
+_ENVELOPE: Final = None if msgspec is None else _envelope.DECODER
 _DEPTH_CLAMP: Final = 1000
 
 
@@ -142,7 +146,14 @@ def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
             # msgspec nests as deep as the recursion limit lets it: held at the default, it
             # never passes on a frame nested past the 1,024 levels every other reader takes.
             sys.setrecursionlimit(_DEPTH_CLAMP)
-        members = _MEMBERS.decode(frame)
+        try:
+            common = _ENVELOPE.decode(frame)
+        except msgspec.ValidationError:
+            # Not in the form our peers write (a link control frame, an id as Buffer JSON,
+            # members we do not know, or not an envelope at all): read member by member.
+            members = _MEMBERS.decode(frame)
+        else:
+            return _common(common)
     except msgspec.ValidationError:
         raise WireError("not-envelope", "frame is not an object") from None
     except msgspec.DecodeError as exc:
@@ -153,12 +164,11 @@ def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
         if limit > _DEPTH_CLAMP:
             sys.setrecursionlimit(limit)
     out: dict[str, Any] = {}
+    read: list[bytes] = []
     for key, raw in members.items():
         if key in READ:
-            try:
-                out[key] = _json.loads(memoryview(raw))
-            except ValueError as exc:
-                raise WireError("malformed-json", str(exc)[:80]) from None
+            out[key] = None  # its place, in the order received; read below
+            read.append(bytes(raw))
         else:
             written = bytes(raw)
             if _out_of_range(written):
@@ -167,6 +177,39 @@ def loads_members(frame: bytes | str, max_size: int) -> dict[str, Any]:
                 except ValueError as exc:
                     raise WireError("malformed-json", str(exc)[:80]) from None
             out[key] = Written(written)
+    if read:
+        try:  # the members a peer reads, strictly, in one go
+            values = _json.loads(b"[" + b",".join(read) + b"]")
+        except ValueError as exc:
+            raise WireError("malformed-json", str(exc)[:80]) from None
+        for key, value in zip([key for key in out if key in READ], values, strict=True):
+            out[key] = value
+    return out
+
+
+_BIG_EXPONENT: Final = re.compile(rb"[eE][+]?[0-9][0-9][0-9]")
+
+
+def _common(env: Any) -> dict[str, Any]:
+    """The members of an envelope read whole (see :func:`loads_members`)."""
+    written = bytes(env.data)
+    if _out_of_range(written):
+        try:
+            _json.loads(written)
+        except ValueError as exc:
+            raise WireError("malformed-json", str(exc)[:80]) from None
+    out: dict[str, Any] = {
+        "to": env.to,
+        "from": env.sender,
+        "path": env.path,
+        "nonce": env.nonce,
+        "data": Written(written),
+    }
+    auth = env.auth
+    if auth is not None:
+        out["auth"] = {"key": auth.key, "sig": auth.sig, "ts": auth.ts}
+    if env.route is not None:
+        out["route"] = env.route
     return out
 
 
@@ -174,10 +217,9 @@ def _out_of_range(text: bytes) -> bool:
     """Whether JSON ``text`` may hold a number beyond a double's range (which strict readers
     refuse and a syntax check passes): an exponent of three digits or more, or 309 digits in a
     row."""
-    if b"e" not in text and b"E" not in text and len(text) < 309:
-        return False
-    shapes = text.translate(_NUMBER_SHAPES)
-    return b"e999" in shapes or b"e+999" in shapes or b"9" * 309 in shapes
+    if _BIG_EXPONENT.search(text) is not None:
+        return True
+    return len(text) >= 309 and b"9" * 309 in text.translate(_NUMBER_SHAPES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +328,8 @@ def data_kind(env: Envelope) -> str | None:
         kind = data.get("type") if type(data) is dict else None
         return kind if type(kind) is str else None
     text = data.json
+    if text.endswith(b',"type":"user"}'):
+        return USER
     if text.endswith(b'"}'):
         at = text.rfind(b'"type":"')
         if at > 0 and text[at - 1] in b",{":

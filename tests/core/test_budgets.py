@@ -69,6 +69,15 @@ def test_one_source_holds_at_most_its_share_of_pending_handshakes() -> None:
     assert core.bounds()["pending_links"][0] == 4
 
 
+def test_a_host_can_tell_before_the_upgrade_whether_a_source_would_be_taken() -> None:
+    core, _ = make_core(1, max_pending_per_source=2)
+    assert core.admits("10.0.0.9") and core.admits(None)
+    for _ in range(2):
+        core.link_accepted(T0, "ws", "10.0.0.9")
+    assert not core.admits("10.0.0.9")
+    assert core.admits("10.0.0.10")
+
+
 def test_a_newcomer_takes_the_slot_of_the_source_holding_most() -> None:
     core, _ = make_core(1, max_pending_links=8, max_pending_per_source=4)
     flood = [core.link_accepted(T0, "ws", f"10.0.0.{i % 4}") for i in range(8)]
@@ -217,9 +226,9 @@ def test_data_needing_the_slow_canonical_form_is_budgeted_per_link() -> None:
     for i in range(10):
         forged = signed(ident(10 + i), core.id, "user", floats, T0, "n", forge=True)
         core.frame_received(link, relayed(forged, relay), T0)
-    # A burst of 2,000 bytes, ~710 bytes each: checked while the budget is not in debt...
-    assert core.stats.dropped["bad-signature"] == 3
-    assert core.stats.dropped["check-budget"] == 7
+    # A burst of 2,000 bytes, ~710 bytes each: checked while the budget holds one more...
+    assert core.stats.dropped["bad-signature"] == 2
+    assert core.stats.dropped["check-budget"] == 8
     # ...while the same data, honestly signed, is delivered once the budget refills.
     later = T0 + 30.0
     frame = signed(ident(9), core.id, "user", floats, later, "ok", data_json=data)

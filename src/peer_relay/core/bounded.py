@@ -128,7 +128,7 @@ class Budgets(Generic[K]):
     def spent(self, key: K, now: float, cost: float = 1.0) -> bool:
         """Whether ``key`` has less than ``cost`` left now (spends nothing, remembers nothing)."""
         bucket = self.buckets.entries.get(key)
-        return bucket is not None and bucket.full(now, cost)
+        return cost > self.burst if bucket is None else bucket.full(now, cost)
 
     def take(self, key: K, now: float, cost: float = 1.0) -> bool:
         """Spend ``cost`` of ``key``'s budget if it has that much."""

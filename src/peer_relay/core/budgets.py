@@ -108,9 +108,11 @@ class ControlBudgets:
         self.failures.charge(injected, now, 1.0)
         self.link_failures.charge(via, now, 1.0)
 
-    def slow_refused(self, via: Source, now: float) -> bool:
-        """Whether data needing the slow canonical form is refused unchecked on ``via`` now."""
-        return self.slow.spent(via, now)
+    def slow_refused(self, via: Source, size: int, now: float) -> bool:
+        """Whether ``size`` bytes of data written again on their way (so that their canonical
+        form must be made before their check) are refused unchecked on ``via`` now: the
+        link's budget does not hold that many (it never holds more than its burst)."""
+        return self.slow.spent(via, now, float(size))
 
     def slow_failed(self, via: Source, size: int, now: float) -> None:
         """``size`` bytes of data were put in the slow canonical form, and their check failed."""

@@ -93,9 +93,9 @@ class Config:
     messages per second arriving through one link that may fail their signature check before
     requests through it are refused unchecked."""
     slow_check_rate: float = 64 * 1024
-    """Bytes per second, per link, of signed data that fails its check after the slow
-    canonical form (numbers JSON parsers write unlike JavaScript, keys beyond the BMP). Past
-    it, such data arriving through that link is dropped unchecked for a while."""
+    """Bytes per second, per link, of signed data written again on its way (by a 0.0.2 relay)
+    that is read and put in canonical form before its check, and then fails it (burst: twice
+    that). Data larger than the burst, or past the budget, is dropped unchecked."""
     max_budgets: int = 4096
     """Most per-sender and per-link budgets remembered (the least recently used go first)."""
     bootstrap_retry: float = 5.0

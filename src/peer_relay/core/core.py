@@ -266,6 +266,11 @@ class Core:
         else:
             self._links.connected(link, now)
 
+    def admits(self, source: str | None) -> bool:
+        """Whether a connection from ``source`` would be taken into a handshake now: a host
+        may turn one away before its WebSocket upgrade when not (see ``link_accepted``)."""
+        return self._links.admits(source)
+
     def has_link(self, handle: int) -> bool:
         """Whether ``handle`` is a link the core keeps (opening, open or draining): False for a
         connection it refused at once, which the host may then drop without ceremony."""

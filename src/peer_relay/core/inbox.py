@@ -163,7 +163,7 @@ class Inbox:
             return None
         if self._signed(env, auth, written):
             return auth.ts, wire.delivered_data(env)
-        if self.budgets.slow_refused(came[1], now):
+        if self.budgets.slow_refused(came[1], len(written), now):
             self._failed(env, came, now, "check-budget", 0)
             return None
         try:

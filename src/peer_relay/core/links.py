@@ -93,6 +93,16 @@ class Links:
             self._start_hello(link)
         return link.handle
 
+    def admits(self, source: str | None) -> bool:
+        """Whether an inbound connection from ``source`` would be taken into a handshake now
+        (False: its source holds all the handshakes it may)."""
+        if source is None or self.ctx.closed:
+            return not self.ctx.closed
+        held = sum(
+            1 for link in self.by_handle.values() if link.inbound_pending and link.source == source
+        )
+        return held < self.ctx.config.max_pending_per_source
+
     def _admit(self, link: Link, now: float) -> str | None:
         """Make room for a new inbound connection in the handshake budgets, or say why not.
 

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.connection import Connection
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.http11 import Request, Response
 
 _log = logging.getLogger("peer_relay.websocket")
 
@@ -178,12 +179,15 @@ async def listen(
     host: str,
     port: int,
     options: WsOptions,
+    screen: Callable[[ServerConnection, Request], Awaitable[Response | None]] | None = None,
 ) -> Server:
-    """Start a WebSocket server on ``host:port`` (port 0 picks a free one)."""
+    """Start a WebSocket server on ``host:port`` (port 0 picks a free one). ``screen`` sees
+    each upgrade request first and may answer it with a response of its own (a refusal)."""
     return await serve(
         handler,
         host,
         port,
+        process_request=screen,
         compression=None,
         max_size=options.max_frame,
         ping_interval=options.ping_interval,

@@ -27,7 +27,7 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from sim_revisions import ROOT, export  # this folder is on the path of a script run here
 
 RUN = r"""
 import json, random, time, orjson
@@ -90,16 +90,6 @@ def main(mib, frame_kib):
 
 main(MIB, FRAME_KIB)
 """
-
-
-def export(rev: str, into: Path) -> Path:
-    """The sources of ``rev`` in a folder of their own (``into``/src)."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
-    ).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into / "src"
 
 
 def run(src: Path, args: argparse.Namespace) -> dict[str, object]:

@@ -37,8 +37,9 @@ if TYPE_CHECKING:
 _log = logging.getLogger("peer_relay.node")
 
 EVENTS = ("message", "peer", "peer-closed")
-_MAX_HELD = 1024
-"""Most upgrade requests held before they are turned away (see ``PeerRelay._screen``)."""
+_HELD_PER_PENDING = 32
+"""Upgrade requests held before they are turned away (see ``PeerRelay._screen``), per inbound
+handshake slot (``max_pending_links``): 1,024 by default."""
 _CONFIG_FIELDS = frozenset(f.name for f in fields(Config)) - {"url", "webrtc", "require_auth"}
 
 
@@ -158,6 +159,7 @@ class PeerRelay:
         self._inbox: asyncio.Queue[Message] | None = None
         self._node_drops: Counter[str] = Counter()
         self._held = 0
+        self._max_held = _HELD_PER_PENDING * self._config.max_pending_links
         self._link_ready: asyncio.Event | None = None
         self._starting: asyncio.Future[None] | None = None
         self._destroyed = False
@@ -264,8 +266,9 @@ class PeerRelay:
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Every bounded structure's size now, next to its limit: the core's (see
         :meth:`peer_relay.core.Core.bounds`) and this node's: ``inbox`` (messages waiting in
-        :meth:`messages`), ``host_links`` (links carrying frames, open or closing) and
-        ``rtc_links`` (WebRTC links not yet closed)."""
+        :meth:`messages`), ``host_links`` (links carrying frames, open or closing),
+        ``rtc_links`` (WebRTC links not yet closed) and ``held_upgrades`` (upgrade requests
+        from addresses over their handshake budget, held before they are turned away)."""
         if self._core is None:
             return {}
         out = self._core.bounds()
@@ -275,6 +278,7 @@ class PeerRelay:
         out["host_links"] = (len(self._links), 2 * cfg.max_links + cfg.max_pending_links)
         rtc = 0 if self._rtc is None else len(self._rtc.links)
         out["rtc_links"] = (rtc, cfg.max_links + cfg.max_pending_links)
+        out["held_upgrades"] = (self._held, self._max_held)
         return out
 
     def inspect(self) -> dict[str, Any]:
@@ -450,14 +454,14 @@ class PeerRelay:
     async def _screen(self, ws: ServerConnection, request: Request) -> Response | None:
         """Turn away an upgrade from an address that holds all the handshakes it may, late:
         refused at once, an attacker would connect again at once, and every connection costs
-        an upgrade. Held for most of ``hello_timeout`` (at most ``_MAX_HELD`` at a time), it
-        costs a socket."""
+        an upgrade. Held for most of ``hello_timeout`` (at most ``_HELD_PER_PENDING`` per
+        handshake slot at a time), it costs a socket."""
         core = self._core
         remote = ws.remote_address
         if core is None or not remote or core.admits(source_of(str(remote[0]))):
             return None
         self._node_drops["too-many-pending-source"] += 1
-        if self._held < _MAX_HELD:
+        if self._held < self._max_held:
             self._held += 1
             try:
                 await asyncio.sleep(0.8 * self._config.hello_timeout)

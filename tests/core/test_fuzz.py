@@ -49,7 +49,7 @@ from peer_relay.events import (
 from peer_relay.identity import Identity, verify_ed25519
 from peer_relay.transports import signals
 
-from .test_json_fallback import near_the_recursion_limit
+from .test_json_fallback import near_the_recursion_limit, same_value
 
 T0: Final = 1_700_000_000.0
 TS: Final = int(T0 * 1000)
@@ -635,26 +635,6 @@ def parsed(loads: Callable[[Any], Any], frame: bytes | str) -> tuple[str, Any]:
         return "ok", loads(frame)
     except ValueError:
         return "refused", None
-
-
-def same_value(a: Any, b: Any) -> bool:
-    """Equal with the same types all the way down, keys in the same order; floats by repr."""
-    todo = [(a, b)]
-    while todo:
-        x, y = todo.pop()
-        if type(x) is not type(y):
-            return False
-        if type(x) is list:
-            if len(x) != len(y):
-                return False
-            todo.extend(zip(x, y, strict=True))
-        elif type(x) is dict:
-            if list(x) != list(y):
-                return False
-            todo.extend((x[k], y[k]) for k in x)
-        elif (repr(x) != repr(y)) if type(x) is float else x != y:
-            return False
-    return True
 
 
 JSON_TOKENS: Final = (

@@ -335,7 +335,7 @@ class Core:
             links.establish(link, link.expected, link.authenticated, now)
             if link.state != OPEN:
                 return
-        if env.path[-1] != link.peer_hex:
+        if env.path[-1].lower() != link.peer_hex:
             # Every peer that sends a message adds its id to the path: the last hop is the peer
             # at the other end of this link, or it lies about who handed it the message.
             links.strike(link, WireError("bad-path", "the last hop is not the sender"), now)

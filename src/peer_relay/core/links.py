@@ -98,10 +98,13 @@ class Links:
         (False: its source holds all the handshakes it may)."""
         if source is None or self.ctx.closed:
             return not self.ctx.closed
-        held = sum(
+        return self._pending_from(source) < self.ctx.config.max_pending_per_source
+
+    def _pending_from(self, source: str) -> int:
+        """How many inbound connections from ``source`` are in their hello and proof."""
+        return sum(
             1 for link in self.by_handle.values() if link.inbound_pending and link.source == source
         )
-        return held < self.ctx.config.max_pending_per_source
 
     def _admit(self, link: Link, now: float) -> str | None:
         """Make room for a new inbound connection in the handshake budgets, or say why not.
@@ -114,7 +117,7 @@ class Links:
         cfg = self.ctx.config
         waiting = [other for other in self.by_handle.values() if other.inbound_pending]
         source = link.source
-        mine = 0 if source is None else sum(1 for other in waiting if other.source == source)
+        mine = 0 if source is None else self._pending_from(source)
         if mine >= cfg.max_pending_per_source:
             return "too-many-pending-source"
         if len(waiting) < cfg.max_pending_links:

@@ -19,6 +19,11 @@ The caller moves the bytes; this module does no I/O and imports nothing else of 
 Every failure is a ``NoiseError``. A handshake that fails (a message that does not decrypt, an
 invalid public key, a malformed message) refuses all further use; a transport ``CipherState``
 that fails to decrypt is left exactly as it was (section 5.1).
+
+The DH and cipher functions come from ``cryptography`` when it can be imported, else (Pyodide,
+in the browser) from the pure-Python :mod:`peer_relay.purecrypto`, which gives the same bytes
+30 to 70 times more slowly in CPython (``benchmarks/session_crypto.py``).
+``use_pure_python(True)`` forces the latter, for tests.
 """
 
 from __future__ import annotations
@@ -28,16 +33,27 @@ import hashlib
 import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, TypeAlias, TypeVar
+from typing import Literal, TypeVar
+from typing import Protocol as Interface
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+try:
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.asymmetric.x25519 import (
+        X25519PrivateKey,
+        X25519PublicKey,
+    )
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
+except ImportError:  # Pyodide has no wheel of it: peer_relay.purecrypto stands in
+    HAVE_CRYPTOGRAPHY = False
+else:
+    HAVE_CRYPTOGRAPHY = True
 
 __all__ = [
+    "AEAD",
     "CIPHERS",
     "DHLEN",
     "HASHES",
+    "HAVE_CRYPTOGRAPHY",
     "MAX_MESSAGE_LEN",
     "MAX_NONCE",
     "PATTERNS",
@@ -53,6 +69,8 @@ __all__ = [
     "NonceExhaustedError",
     "Protocol",
     "SymmetricState",
+    "backend",
+    "use_pure_python",
 ]
 
 MAX_MESSAGE_LEN = 65535  # section 3: every Noise message, handshake or transport
@@ -77,6 +95,47 @@ class NonceExhaustedError(NoiseError):
     """A ``CipherState`` reached n = 2**64 - 1: the session must end (section 5)."""
 
 
+# --- Backends: cryptography, or pure Python ----------------------------------------------------
+
+_pure = not HAVE_CRYPTOGRAPHY
+_invalid_tag: tuple[type[Exception], ...] = (InvalidTag,) if HAVE_CRYPTOGRAPHY else ()
+
+
+def use_pure_python(enabled: bool = True) -> bool:
+    """Choose the backend of the DH and cipher functions; returns the previous choice.
+
+    ``True``: :mod:`peer_relay.purecrypto` (what a browser peer uses, as it has no
+    ``cryptography``); ``False``: ``cryptography``, the default when it is installed. Only key
+    pairs and cipher keys made afterwards change backend; both kinds work side by side, and
+    produce the same bytes. Tests switch with ``previous = use_pure_python(); ...;
+    use_pure_python(previous)``. ``False`` without ``cryptography`` raises ``NoiseError``.
+    """
+    global _pure
+    if not enabled and not HAVE_CRYPTOGRAPHY:
+        raise NoiseError("the cryptography package is not installed")
+    if enabled:
+        _load_pure_python()
+    previous, _pure = _pure, enabled
+    return previous
+
+
+def backend() -> Literal["cryptography", "purecrypto"]:
+    """The backend new key pairs and cipher keys use."""
+    return "purecrypto" if _pure else "cryptography"
+
+
+def _load_pure_python() -> None:
+    global _invalid_tag
+    from .purecrypto import InvalidTag as PureInvalidTag
+
+    if PureInvalidTag not in _invalid_tag:
+        _invalid_tag = (*_invalid_tag, PureInvalidTag)
+
+
+if _pure:
+    _load_pure_python()
+
+
 # --- DH functions (sections 4.1, 12.1) ---------------------------------------------------------
 
 
@@ -88,19 +147,34 @@ class KeyPair:
     def __init__(self, private: bytes) -> None:
         if len(private) != DHLEN:
             raise NoiseError(f"a 25519 private key is {DHLEN} bytes, not {len(private)}")
-        self._set(X25519PrivateKey.from_private_bytes(private))
+        if _pure:
+            self._set_pure(bytes(private))
+        else:
+            self._set(X25519PrivateKey.from_private_bytes(private))
 
     @classmethod
     def generate(cls) -> KeyPair:
         """``GENERATE_KEYPAIR()``: a fresh key pair from the operating system's generator."""
         pair = cls.__new__(cls)
-        pair._set(X25519PrivateKey.generate())  # not via bytes: that derives the public key twice
+        if _pure:
+            from .purecrypto import generate_private_key
+
+            pair._set_pure(generate_private_key())
+        else:
+            pair._set(X25519PrivateKey.generate())  # not via bytes: that derives public twice
         return pair
 
     def _set(self, key: X25519PrivateKey) -> None:
-        self._key = key
+        self._key: X25519PrivateKey | None = key
         self.private = key.private_bytes_raw()
         self.public = key.public_key().public_bytes_raw()
+
+    def _set_pure(self, private: bytes) -> None:
+        from .purecrypto import x25519_base
+
+        self._key = None  # the pure-Python backend needs only the bytes
+        self.private = private
+        self.public = x25519_base(private)
 
     def dh(self, public_key: bytes) -> bytes:
         """``DH(self, public_key)``: X25519 (RFC 7748).
@@ -110,15 +184,48 @@ class KeyPair:
         """
         if len(public_key) != DHLEN:
             raise NoiseError(f"a 25519 public key is {DHLEN} bytes, not {len(public_key)}")
+        key = self._key
         try:
-            return self._key.exchange(X25519PublicKey.from_public_bytes(public_key))
+            if key is not None:
+                return key.exchange(X25519PublicKey.from_public_bytes(public_key))
+            from .purecrypto import x25519
+
+            return x25519(self.private, public_key)
         except ValueError as exc:
             raise NoiseError("invalid 25519 public key (all-zero DH output)") from exc
 
 
 # --- Cipher functions (sections 4.2, 12.3, 12.4) -----------------------------------------------
 
-AEAD: TypeAlias = ChaCha20Poly1305 | AESGCM
+
+class AEAD(Interface):
+    """An AEAD object of either backend (``cryptography``'s classes have this shape)."""
+
+    def encrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None, /) -> bytes:
+        """The ciphertext of ``data`` with its tag appended."""
+        ...
+
+    def decrypt(self, nonce: bytes, data: bytes, associated_data: bytes | None, /) -> bytes:
+        """The plaintext of ``data``; the backend's ``InvalidTag`` if authentication fails."""
+        ...
+
+
+def _chachapoly(key: bytes) -> AEAD:
+    """ChaCha20-Poly1305 under ``key``, from the backend in use."""
+    if _pure:
+        from .purecrypto import ChaCha20Poly1305 as PureChaCha20Poly1305
+
+        return PureChaCha20Poly1305(key)
+    return ChaCha20Poly1305(key)
+
+
+def _aesgcm(key: bytes) -> AEAD:
+    """AES-256-GCM under ``key``, from the backend in use."""
+    if _pure:
+        from .purecrypto import AESGCM as PureAESGCM
+
+        return PureAESGCM(key)
+    return AESGCM(key)
 
 
 @dataclass(frozen=True)
@@ -144,7 +251,7 @@ class CipherFunctions:
         """``DECRYPT(k, n, ad, ciphertext)``; ``DecryptError`` if authentication fails."""
         try:
             return self.aead(k).decrypt(self.nonce(n), ciphertext, ad)
-        except InvalidTag as exc:
+        except _invalid_tag as exc:
             raise DecryptError("decryption failed") from exc
 
     def rekey(self, k: bytes) -> bytes:
@@ -153,8 +260,8 @@ class CipherFunctions:
 
 
 CIPHERS: dict[str, CipherFunctions] = {
-    "ChaChaPoly": CipherFunctions("ChaChaPoly", ChaCha20Poly1305, "little"),
-    "AESGCM": CipherFunctions("AESGCM", AESGCM, "big"),
+    "ChaChaPoly": CipherFunctions("ChaChaPoly", _chachapoly, "little"),
+    "AESGCM": CipherFunctions("AESGCM", _aesgcm, "big"),
 }
 
 
@@ -245,6 +352,14 @@ class CipherState:
         """``HasKey()``."""
         return self._k is not None
 
+    @property
+    def key(self) -> bytes:
+        """``k``, for a transport of the caller's own over the keys of ``split()`` (one with
+        explicit nonces for messages that arrive out of order, or longer than a Noise message)."""
+        if self._k is None:
+            raise NoiseError("this cipher state has no key")
+        return self._k
+
     def set_nonce(self, nonce: int) -> None:
         """``SetNonce(nonce)``, for out-of-order transport messages (section 11.4)."""
         if not 0 <= nonce <= MAX_NONCE:
@@ -277,7 +392,7 @@ class CipherState:
             raise DecryptError("ciphertext shorter than its tag")
         try:
             plaintext = self._aead.decrypt(self._cipher.nonce(self._n), ciphertext, ad)
-        except InvalidTag as exc:
+        except _invalid_tag as exc:
             raise DecryptError("decryption failed") from exc
         self._n += 1
         return plaintext

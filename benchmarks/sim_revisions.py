@@ -9,6 +9,8 @@ revision's core compiled by mypyc (built once per revision into the usual cache)
     python benchmarks/sim_revisions.py --base a05468c --head HEAD --compiled
 
 Only wall time of :func:`run_simulation` is measured (inside the process, not its start-up).
+``--send`` chooses how the messages are sent (``SimParams.sending``) in a revision that has the
+choice; one from before it sends as ``plain`` does. The JSON says how each revision sent.
 ``--instructions`` also counts the instructions of one run of each revision under valgrind's
 cachegrind (the whole process, start-up included): a count that the machine's load does not
 change, for a shared machine whose timings swing.
@@ -29,12 +31,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 RUN = """
-import json, sys
+import dataclasses, json, sys
 from peer_relay.sim.runner import SimParams, run_simulation
 from peer_relay.sim import compiled
-r = run_simulation(SimParams(nodes={nodes}, messages={messages}, seed={seed}))
+has = "sending" in {{f.name for f in dataclasses.fields(SimParams)}}
+extra = {{"sending": {sending!r}}} if has and {sending!r} else {{}}
+r = run_simulation(SimParams(nodes={nodes}, messages={messages}, seed={seed}, **extra))
 print(json.dumps({{"wall": r.wall_time, "digest": r.digest, "compiled": compiled.is_compiled(),
-                  "delivery": r.delivery_ratio}}))
+                  "delivery": r.delivery_ratio,
+                  "sending": r.params.get("sending", "plain")}}))
 """
 
 BUILD = """
@@ -66,7 +71,7 @@ def environment(src: Path, compiled: bool) -> dict[str, str]:
 
 
 def one_run(env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
-    code = RUN.format(nodes=args.nodes, messages=args.messages, seed=args.seed)
+    code = RUN.format(nodes=args.nodes, messages=args.messages, seed=args.seed, sending=args.send)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True
     )
@@ -76,7 +81,7 @@ def one_run(env: dict[str, str], args: argparse.Namespace) -> dict[str, object]:
 
 def instructions(env: dict[str, str], args: argparse.Namespace) -> int:
     """Instructions one run takes, counted by cachegrind."""
-    code = RUN.format(nodes=args.nodes, messages=args.messages, seed=args.seed)
+    code = RUN.format(nodes=args.nodes, messages=args.messages, seed=args.seed, sending=args.send)
     out = subprocess.run(
         [
             "valgrind",
@@ -108,6 +113,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5, help="timed runs of each (0: none)")
+    parser.add_argument(
+        "--send",
+        default="",
+        metavar="MODE",
+        help="deliver, sealed or plain (default: each revision's own default)",
+    )
     parser.add_argument("--compiled", action="store_true", help="run the mypyc-compiled core")
     parser.add_argument(
         "--instructions", action="store_true", help="also count instructions (valgrind)"
@@ -154,6 +165,7 @@ def main() -> None:
                     seen["base"]["digest"] == seen["head"]["digest"] if seen else None
                 ),
                 "delivery": [seen[name]["delivery"] for name in seen],
+                "sending": {name: seen[name]["sending"] for name in seen},
                 "loadavg": [round(x, 2) for x in os.getloadavg()],
             },
             indent=2,

@@ -76,6 +76,9 @@ class Net:
 
     async def add(self, name: str, **options: Any) -> PeerRelay:
         options.setdefault("host", "127.0.0.1")
+        # Plain signed messages, whose defences are what this module tests (sessions have
+        # theirs: tests/core/test_sessions.py, tests/adversarial/test_sessions_mitm.py).
+        options.setdefault("sessions", False)
         node = PeerRelay(**options)
         box: list[tuple[Any, bytes, bool]] = []
         node.on("message", lambda data, sender: box.append((data, bytes(sender), sender.verified)))

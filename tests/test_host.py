@@ -13,10 +13,13 @@ from peer_relay.events import (
     CloseLink,
     ConnectResult,
     Delivered,
+    DeliveryResult,
     DialWebSocket,
     Event,
     PeerLinked,
     PeerUnlinked,
+    Reply,
+    RequestReceived,
     SendFrame,
     SignalIn,
     StartWebRTC,
@@ -100,6 +103,15 @@ class RecordingHost:
 
     def connect_result(self, event: ConnectResult) -> None:
         self._record("connect_result", event)
+
+    def delivery_result(self, event: DeliveryResult) -> None:
+        self._record("delivery_result", event)
+
+    def request_received(self, event: RequestReceived) -> None:
+        self._record("request_received", event)
+
+    def reply(self, event: Reply) -> None:
+        self._record("reply", event)
 
 
 PEER = bytes(range(20))

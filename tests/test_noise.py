@@ -530,3 +530,25 @@ def test_the_module_is_a_leaf_without_io() -> None:
         "purecrypto",
         "typing",
     }, imported
+
+
+def test_a_copy_reads_a_forged_message_and_the_original_the_genuine_one() -> None:
+    """A message that may be forged is read on a copy: its failure leaves the original as it
+    was, which then reads the genuine message and completes with the same keys as the peer."""
+    name = "Noise_IK_25519_ChaChaPoly_SHA256"
+    alice, bob = KeyPair.generate(), KeyPair.generate()
+    init = HandshakeState(name, True, s=alice, rs=bob.public)
+    resp = HandshakeState(name, False, s=bob)
+    resp.read_message(init.write_message(b"hello"))
+    answer = resp.write_message(b"back")
+    forged = bytearray(answer)
+    forged[-1] ^= 1
+    attempt = init.copy()
+    with pytest.raises(NoiseError):
+        attempt.read_message(bytes(forged))
+    with pytest.raises(NoiseError):
+        attempt.read_message(answer)  # a failed handshake stays failed
+    assert init.read_message(answer) == b"back"
+    to_bob, _ = init.split()
+    from_alice, _ = resp.split()
+    assert from_alice.decrypt(to_bob.encrypt(b"x")) == b"x"

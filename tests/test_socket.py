@@ -20,6 +20,7 @@ from peer_relay.node import PeerRelay
 from peer_relay.socket import (
     ENVELOPE_RESERVE,
     FAMILY,
+    SEALED_RESERVE,
     UDP_MAX_PAYLOAD,
     DatagramTooLargeError,
     RelayDatagramTransport,
@@ -164,8 +165,8 @@ async def test_limit_fits_worst_case_frame_through_relay() -> None:
     network = await Net(max_frame=max_frame).start()
     try:
         a, b = await network.client(), await network.client()
-        limit = max_datagram_size(max_frame)
-        assert limit == (max_frame - ENVELOPE_RESERVE) // 4
+        limit = max_datagram_size(max_frame, sealed=True)  # sessions are on
+        assert limit == ((max_frame - ENVELOPE_RESERVE) * 3 // 4 - SEALED_RESERVE) // 4
         sa, sb = Socket(peer=a), Socket(peer=b)
         assert sa.max_datagram == limit
         inbox = Inbox(sb)

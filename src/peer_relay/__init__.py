@@ -5,6 +5,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from .core import Config, Stats
+from .errors import DeliveryError, RemoteError
 from .identity import Identity
 from .ids import ID_BYTES, parse_id
 
@@ -67,11 +68,13 @@ __all__ = [
     "Config",
     "DatagramMux",
     "DatagramTooLargeError",
+    "DeliveryError",
     "Identity",
     "Message",
     "PeerId",
     "PeerRelay",
     "RelayDatagramTransport",
+    "RemoteError",
     "Socket",
     "SocketClosedError",
     "Stats",

@@ -92,6 +92,38 @@ class ConnectResult:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """A :meth:`~peer_relay.core.Core.deliver` ended: its receipt came back (``ok``), or it
+    ran out of time; ``reason`` says why it failed."""
+
+    token: int
+    ok: bool
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """A request for our handler; answer it with ``Core.respond(token, ...)``."""
+
+    token: int
+    data: Any
+    sender: bytes
+    hops: int
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A :meth:`~peer_relay.core.Core.request` ended: its reply ``value`` came back (``ok``),
+    or it failed: ``error`` is the handler's error when ``remote``, else why it failed."""
+
+    token: int
+    ok: bool
+    value: Any
+    error: str
+    remote: bool
+
+
 Event = (
     SendFrame
     | CloseLink
@@ -102,4 +134,7 @@ Event = (
     | PeerLinked
     | PeerUnlinked
     | ConnectResult
+    | DeliveryResult
+    | RequestReceived
+    | Reply
 )

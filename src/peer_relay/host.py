@@ -32,10 +32,13 @@ from .events import (
     CloseLink,
     ConnectResult,
     Delivered,
+    DeliveryResult,
     DialWebSocket,
     Event,
     PeerLinked,
     PeerUnlinked,
+    Reply,
+    RequestReceived,
     SendFrame,
     SignalIn,
     StartWebRTC,
@@ -105,6 +108,18 @@ class Host(Protocol):
         """A connection attempt the application asked for ended."""
         ...
 
+    def delivery_result(self, event: DeliveryResult) -> None:
+        """A delivery the application asked for ended (receipt, or failure)."""
+        ...
+
+    def request_received(self, event: RequestReceived) -> None:
+        """A request for the application's handler arrived."""
+        ...
+
+    def reply(self, event: Reply) -> None:
+        """A request the application made ended (its reply, or failure)."""
+        ...
+
 
 class Pump:
     """Drives one core for one host. See the module docstring for what it promises."""
@@ -115,10 +130,13 @@ class Pump:
         "_connect_result",
         "_core",
         "_delivered",
+        "_delivery_result",
         "_dial_websocket",
         "_now",
         "_peer_linked",
         "_peer_unlinked",
+        "_reply",
+        "_request_received",
         "_send_frame",
         "_set_timer",
         "_signal_in",
@@ -141,6 +159,9 @@ class Pump:
         self._peer_linked = host.peer_linked
         self._peer_unlinked = host.peer_unlinked
         self._connect_result = host.connect_result
+        self._delivery_result = host.delivery_result
+        self._request_received = host.request_received
+        self._reply = host.reply
         self._armed: float | None = None
         self.errors: Counter[str] = Counter()
         """Exceptions raised by the host's methods, by kind of event."""
@@ -209,6 +230,12 @@ class Pump:
             self._start_webrtc(event.handle, event.peer_id, event.initiator)
         elif type(event) is ConnectResult:
             self._connect_result(event)
+        elif type(event) is DeliveryResult:
+            self._delivery_result(event)
+        elif type(event) is RequestReceived:
+            self._request_received(event)
+        elif type(event) is Reply:
+            self._reply(event)
         else:
             raise TypeError(f"unknown event {event!r}")
 

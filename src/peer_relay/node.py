@@ -24,7 +24,16 @@ from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
 from .core import Config, Core
-from .events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
+from .errors import DeliveryError, RemoteError
+from .events import (
+    ConnectResult,
+    Delivered,
+    DeliveryResult,
+    PeerLinked,
+    PeerUnlinked,
+    Reply,
+    RequestReceived,
+)
 from .host import Pump, source_of
 from .identity import Identity
 from .ids import parse_id, short
@@ -36,7 +45,7 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("peer_relay.node")
 
-EVENTS = ("message", "peer", "peer-closed")
+EVENTS = ("message", "peer", "peer-closed", "request")
 _HELD_PER_PENDING = 32
 """Upgrade requests held before they are turned away (see ``PeerRelay._screen``), per inbound
 handshake slot (``max_pending_links``): 1,024 by default."""
@@ -124,6 +133,8 @@ class PeerRelay:
             raise ValueError("port must be in 0..65535 or None")
         self.identity = identity or Identity.generate()
         self.id: bytes = self.identity.id
+        # A peer in the original's mode (admitting unsigned peers, or not signing) sends plain.
+        options.setdefault("sessions", not allow_unsigned and options.get("sign", True))
         self._config = Config(require_auth=not allow_unsigned, webrtc=wrtc, **options)
         self._port = port
         self._host = host
@@ -156,6 +167,8 @@ class PeerRelay:
         self._timer: asyncio.TimerHandle | None = None
         self._listeners: dict[str, list[Callable[..., Any]]] = {name: [] for name in EVENTS}
         self._connect_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
+        self._waiting: dict[int, asyncio.Future[Any]] = {}
+        """Deliveries and requests waiting for their outcome, by token."""
         self._inbox: asyncio.Queue[Message] | None = None
         self._node_drops: Counter[str] = Counter()
         self._held = 0
@@ -236,6 +249,10 @@ class PeerRelay:
                 if not fut.done():
                     fut.set_exception(ConnectionError("peer destroyed"))
         self._connect_waiters.clear()
+        for fut in self._waiting.values():
+            if not fut.done():
+                fut.set_exception(DeliveryError("this peer was destroyed before an answer came"))
+        self._waiting.clear()
         _log.info("peer %s destroyed", short(self.id))
 
     async def __aenter__(self) -> PeerRelay:
@@ -306,9 +323,47 @@ class PeerRelay:
         core.send(peer_id, data, time.time())
         self._flush()
 
+    async def deliver(self, peer_id: object, data: Any, timeout: float = 10.0) -> None:
+        """Send ``data`` to ``peer_id``, end to end encrypted, and return once its receipt,
+        signed by the destination's session, is back. Late receipts make it send again over
+        other first hops (a relay that loses messages is routed around).
+
+        Raises ``DeliveryError`` (a ``ConnectionError``) after ``timeout`` seconds without a
+        receipt, saying why; ``ValueError``/``TypeError`` at once for a bad id, payload or
+        timeout.
+        """
+        core = self._require_core()
+        token = core.deliver(peer_id, data, time.time(), timeout)
+        await self._outcome(token)
+
+    async def request(self, peer_id: object, data: Any, timeout: float = 10.0) -> Any:
+        """Send ``data`` to the request handler of ``peer_id`` (see :meth:`on`) and return its
+        reply. The handler runs at most once however often the request is sent again.
+
+        Raises ``RemoteError`` with the handler's message if it failed, ``DeliveryError``
+        when no reply came within ``timeout`` seconds, ``ValueError``/``TypeError`` at once for
+        a bad id, payload or timeout.
+        """
+        core = self._require_core()
+        token = core.request(peer_id, data, time.time(), timeout)
+        return await self._outcome(token)
+
+    async def _outcome(self, token: int) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[token] = fut
+        self._flush()
+        try:
+            return await fut
+        finally:
+            self._waiting.pop(token, None)
+
     async def drain(self, low_water: int = 1 << 20) -> None:
-        """Wait until every link's send buffer is below ``low_water`` bytes (flow control)."""
-        while any(link.buffered > low_water for link in self._links.values()):
+        """Wait until every link's send buffer is below ``low_water`` bytes, and no message
+        waits for a session to open (flow control)."""
+        core = self._core
+        while any(link.buffered > low_water for link in self._links.values()) or (
+            core is not None and not self._destroyed and core.waiting()
+        ):
             await asyncio.sleep(0.001)
 
     async def connect(self, peer_id: object, timeout: float | None = None) -> None:
@@ -342,6 +397,10 @@ class PeerRelay:
     def on(self, event: str, callback: Callable[..., Any]) -> None:
         """Call ``callback`` on ``event``: ``message(data, sender)``, ``peer(id)``,
         ``peer-closed(id, reason)``. Coroutine functions are run as tasks; exceptions are logged.
+
+        ``request`` sets the request handler (the last one set answers): ``handler(data,
+        sender)`` returns or awaits the reply (JSON); what it raises reaches the caller as a
+        ``RemoteError`` with its message. Without a handler, requests fail with one saying so.
         """
         if event not in self._listeners:
             raise ValueError(f"unknown event {event!r}; events are {', '.join(EVENTS)}")
@@ -434,6 +493,56 @@ class PeerRelay:
                 self._node_drops["inbox-full"] += 1
             inbox.put_nowait(Message(event.data, sender, event.hops))
         self._emit("message", event.data, sender)
+
+    def _delivery_result(self, event: DeliveryResult) -> None:
+        fut = self._waiting.get(event.token)
+        if fut is not None and not fut.done():
+            if event.ok:
+                fut.set_result(None)
+            else:
+                fut.set_exception(DeliveryError(f"not delivered: {event.reason}"))
+
+    def _reply(self, event: Reply) -> None:
+        fut = self._waiting.get(event.token)
+        if fut is None or fut.done():
+            return
+        if event.ok:
+            fut.set_result(event.value)
+        elif event.remote:
+            fut.set_exception(RemoteError(event.error))
+        else:
+            fut.set_exception(DeliveryError(f"no reply: {event.error}"))
+
+    def _request_received(self, event: RequestReceived) -> None:
+        handlers = self._listeners["request"]
+        sender = PeerId(event.sender)
+        if not handlers:
+            self._respond(event.token, None, f"no request handler at {short(self.id)}")
+            return
+        self._spawn(self._handle_request(handlers[-1], event.token, event.data, sender))
+
+    async def _handle_request(
+        self, handler: Callable[..., Any], token: int, data: Any, sender: PeerId
+    ) -> None:
+        try:
+            reply = handler(data, sender)
+            if inspect.isawaitable(reply):
+                reply = await reply
+        except Exception as exc:
+            self._respond(token, None, str(exc) or type(exc).__name__)
+            return
+        self._respond(token, reply, None)
+
+    def _respond(self, token: int, value: Any, error: str | None) -> None:
+        core = self._core
+        if core is None or self._destroyed:
+            return
+        try:
+            core.respond(token, value, time.time(), error)
+        except (ValueError, TypeError) as exc:
+            _log.warning("the request handler's reply cannot be sent: %s", exc)
+            core.respond(token, None, time.time(), f"the handler's reply cannot be sent: {exc}")
+        self._flush()
 
     def _emit(self, name: str, *args: Any) -> None:
         for callback in list(self._listeners[name]):
@@ -629,6 +738,15 @@ class _NodeHost:
 
     def connect_result(self, event: ConnectResult) -> None:
         self._peer._connect_result(event)
+
+    def delivery_result(self, event: DeliveryResult) -> None:
+        self._peer._delivery_result(event)
+
+    def request_received(self, event: RequestReceived) -> None:
+        self._peer._request_received(event)
+
+    def reply(self, event: Reply) -> None:
+        self._peer._reply(event)
 
 
 async def _logged(awaitable: Any, name: str) -> None:

@@ -352,6 +352,12 @@ class CipherState:
         """``HasKey()``."""
         return self._k is not None
 
+    def copy(self) -> CipherState:
+        """An independent state with the same ``k`` and ``n``."""
+        twin = CipherState.__new__(CipherState)
+        twin._cipher, twin._k, twin._aead, twin._n = self._cipher, self._k, self._aead, self._n
+        return twin
+
     @property
     def key(self) -> bytes:
         """``k``, for a transport of the caller's own over the keys of ``split()`` (one with
@@ -430,6 +436,13 @@ class SymmetricState:
         self.h = name.ljust(hashlen, b"\x00") if len(name) <= hashlen else self._hash.hash(name)
         self.ck = self.h
         self.cipher_state = CipherState(protocol.cipher)
+
+    def copy(self) -> SymmetricState:
+        """An independent state with the same ``ck``, ``h`` and cipher state."""
+        twin = SymmetricState.__new__(SymmetricState)
+        twin._hash, twin.h, twin.ck = self._hash, self.h, self.ck
+        twin.cipher_state = self.cipher_state.copy()
+        return twin
 
     def _truncate(self, key: bytes) -> bytes:
         return key[:KEY_LEN]  # HASHLEN 64 -> 32-byte cipher key; a no-op for HASHLEN 32
@@ -847,6 +860,17 @@ class HandshakeState:
         if self._split is None:
             raise NoiseError("the handshake hash is only final once the handshake is complete")
         return self._handshake_hash
+
+    def copy(self) -> HandshakeState:
+        """An independent copy of this side of the handshake (key pairs are shared: they never
+        change). A message from a network where others may write is read on a copy, so that
+        one forged message does not fail the handshake for the genuine one behind it."""
+        twin = HandshakeState.__new__(HandshakeState)
+        for name in HandshakeState.__slots__:
+            setattr(twin, name, getattr(self, name))
+        twin._psks = list(self._psks)
+        twin._symmetric = self._symmetric.copy()
+        return twin
 
     def split(self) -> tuple[CipherState, CipherState]:
         """The transport cipher states ``(c1, c2)``: initiator-to-responder, then back.

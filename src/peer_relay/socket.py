@@ -83,9 +83,18 @@ class SocketClosedError(RuntimeError):
     """The socket or transport is closed (or its peer is gone)."""
 
 
-def max_datagram_size(max_frame: int) -> int:
-    """The largest datagram whose frame stays within ``max_frame`` bytes on every hop."""
-    return max(0, (max_frame - ENVELOPE_RESERVE) // BYTE_CHARS)
+SEALED_RESERVE: Final = 512
+"""Bytes of a sealed datagram's JSON apart from its bytes (``address``, ``port``, ``dport``,
+the Buffer JSON's keys), and of the session's header, message header and tag."""
+
+
+def max_datagram_size(max_frame: int, sealed: bool = False) -> int:
+    """The largest datagram whose frame stays within ``max_frame`` bytes on every hop; when
+    ``sealed`` (sent through a session, as by default), its JSON travels in base64."""
+    room = max_frame - ENVELOPE_RESERVE
+    if sealed:
+        room = room * 3 // 4 - SEALED_RESERVE
+    return max(0, room // BYTE_CHARS)
 
 
 def is_datagram(data: object) -> bool:
@@ -287,7 +296,7 @@ def datagram_mux(peer: PeerRelay) -> DatagramMux:
 
 
 def _resolve_limit(peer: PeerRelay, max_datagram: int | None) -> int:
-    fits = max_datagram_size(peer.config.max_frame)
+    fits = max_datagram_size(peer.config.max_frame, peer.config.sessions)
     if max_datagram is None:
         return min(UDP_MAX_PAYLOAD, fits)
     if type(max_datagram) is not int or not 0 <= max_datagram <= fits:

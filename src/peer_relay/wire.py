@@ -46,6 +46,11 @@ FOUND_PEERS: Final = "foundPeers"
 HANDSHAKE_OFFER: Final = "handshake-offer"
 HANDSHAKE_ANSWER: Final = "handshake-answer"
 SIGNAL: Final = "signal"
+# Ours: session messages (see core/sessions.py), and "I do not know that session" (signed).
+SEALED: Final = "sealed"
+SESSION_RESET: Final = "session-reset"
+CONFIRMED: Final = frozenset((USER, SEALED))
+"""Kinds of message that hop-by-hop confirmation keeps until a ping vouches for them."""
 
 
 class WireError(Exception):
@@ -295,15 +300,58 @@ def data_value(env: Envelope) -> Any:
 def delivered_data(env: Envelope) -> Any:
     """The envelope's data, read as its origin meant it: integers of 2**53 and beyond are the
     doubles a JavaScript origin wrote (see :func:`canonical_received`). Raise WireError."""
-    value = data_value(env)
     data = env.raw.get("data")
-    text = data.json if type(data) is Written else b""
+    return _as_meant(data_value(env), data.json if type(data) is Written else b"")
+
+
+def _as_meant(value: Any, text: bytes) -> Any:
+    """``value``, read from JSON ``text``, with integers of 2**53 and beyond made the doubles
+    a JavaScript origin wrote; raise WireError."""
     if b"9999999999999999" in text.translate(_NUMBER_SHAPES):
         try:
-            value = _big_ints_as_doubles(value)
+            return _big_ints_as_doubles(value)
         except (RecursionError, OverflowError):
             raise WireError("bad-data", "data is not interoperable JSON") from None
     return value
+
+
+_SEALED_HEAD: Final = b'{"data":"'
+_SEALED_TAIL: Final = b'","type":"sealed"}'
+
+
+def sealed_data(blob: bytes) -> bytes:
+    """The data of a session message carrying ``blob`` (see ``core/sessions.py``)."""
+    return _SEALED_HEAD + binascii.b2a_base64(blob, newline=False) + _SEALED_TAIL
+
+
+def sealed_blob(env: Envelope) -> bytes:
+    """The bytes a session message carries (base64 in ``data.data``); raise WireError."""
+    data = env.raw.get("data")
+    text: Any = None
+    if type(data) is Written:
+        json = data.json
+        if json.startswith(_SEALED_HEAD) and json.endswith(_SEALED_TAIL):
+            text = json[len(_SEALED_HEAD) : -len(_SEALED_TAIL)]
+        else:
+            value = data_value(env)
+            text = value.get("data") if type(value) is dict else None
+    elif type(data) is dict:
+        text = data.get("data")
+    if type(text) is str:
+        text = text.encode("ascii", "replace")
+    if type(text) is not bytes:
+        raise WireError("bad-sealed", "no data")
+    try:
+        return binascii.a2b_base64(text, strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise WireError("bad-sealed", "not base64") from None
+
+
+def loads_data(text: bytes, max_size: int) -> Any:
+    """Data its origin wrote as JSON ``text``, read as it meant it (see
+    :func:`delivered_data`: integers of 2**53 and beyond are a JavaScript origin's doubles);
+    raise WireError."""
+    return _as_meant(loads(text, max_size), text)
 
 
 def message_body(data: Any) -> tuple[str, Any, bool]:
@@ -330,6 +378,8 @@ def data_kind(env: Envelope) -> str | None:
     text = data.json
     if text.endswith(b',"type":"user"}'):
         return USER
+    if text.endswith(_SEALED_TAIL):
+        return SEALED
     if text.endswith(b'"}'):
         at = text.rfind(b'"type":"')
         if at > 0 and text[at - 1] in b",{":

@@ -154,8 +154,10 @@ class Pair:
 
     def __init__(self) -> None:
         rng = random.Random(7)
-        self.origin = Core(Identity.generate(), Config(), rng=rng, now=NOW)
-        self.dest = Core(Identity.generate(), Config(), rng=random.Random(8), now=NOW)
+        # Plain signed messages (sessions off): their signatures are what is tested here.
+        plain = Config(sessions=False)
+        self.origin = Core(Identity.generate(), plain, rng=rng, now=NOW)
+        self.dest = Core(Identity.generate(), plain, rng=random.Random(8), now=NOW)
         self.dest_handle = self.dest.link_accepted(NOW)
         self.origin.bootstrap(["ws://dest"], NOW)
         dial = next(e for e in self.origin.events() if isinstance(e, DialWebSocket))

@@ -279,6 +279,32 @@ async def test_python_to_python_through_original(original: OriginalNetwork) -> N
     original.assert_alive()
 
 
+async def test_sessions_cross_an_original_relay(original: OriginalNetwork) -> None:
+    """Python -> 0.0.2 -> Python in sessions: the handshake, sealed messages, receipts and a
+    request cross 0.0.2's re-serialisation, and the hub sees no payload."""
+    hub = await original.create("hub", port=0, trace=True)
+    a = py_node(listen=False, bootstrap=[url_of(hub)], sessions=True)
+    b = py_node(listen=False, bootstrap=[url_of(hub)], sessions=True)
+    ib = Inbox(b)
+    b.on("request", lambda data, sender: {"echo": data})
+    async with python_peers(a, b):
+        await original.wait_peer("hub", a.id, T)
+        await original.wait_peer("hub", b.id, T)
+        a.send(b.id, {"secret": "marker-7"})
+        _data, frm = await ib.message(equals({"secret": "marker-7"}), a.id)
+        assert frm.verified is True
+        await asyncio.wait_for(a.deliver(b.id, "marker-8", timeout=T), T + 1)
+        assert await asyncio.wait_for(a.request(b.id, "marker-9", timeout=T), T + 1) == {
+            "echo": "marker-9"
+        }
+        frames = [f["frame"] for f in original.frames("hub", "out")]
+        sealed = [f for f in frames if json.loads(f).get("data", {}).get("type") == "sealed"]
+        assert len(sealed) >= 6  # handshake, messages, receipts, the reply
+        assert not any("marker-" in frame for frame in frames)
+        assert a.peers == [hub.id] and b.peers == [hub.id]
+    original.assert_alive()
+
+
 async def test_original_to_original_through_python(original: OriginalNetwork) -> None:
     """0.0.2 -> Python -> 0.0.2: a Python relay carries 0.0.2 traffic."""
     py = py_node(listen=True)

@@ -12,12 +12,16 @@ import pytest
 from peer_relay.sim import compiled
 from peer_relay.sim.runner import SimParams, run_simulation
 
+BUILD_TIMEOUT = 900
+"""Seconds a test may take that builds the compiled core (once per version of the sources:
+some 25 modules through mypyc and the C compiler, minutes on a busy machine)."""
 RUN = "run_simulation(SimParams(nodes=60, messages=80, seed=4, churn=0.1))"
 
 
 @pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_the_compiled_core_runs_the_very_same_simulation() -> None:
     target = compiled.build()  # cached per version of the sources; scripts/test installs gcc
     code = (
@@ -42,6 +46,7 @@ def test_the_compiled_core_runs_the_very_same_simulation() -> None:
 @pytest.mark.skipif(
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
+@pytest.mark.timeout(BUILD_TIMEOUT)
 def test_simulate_compiled_on_the_command_line() -> None:
     def digest(*extra: str) -> tuple[str, str]:
         argv = ["simulate", "--nodes", "40", "--messages", "30", "--json", *extra]
@@ -49,7 +54,7 @@ def test_simulate_compiled_on_the_command_line() -> None:
             [sys.executable, "-m", "peer_relay.cli", *argv],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=BUILD_TIMEOUT,  # builds the compiled core if not built yet
             check=True,
         )
         out = json.loads(done.stdout)

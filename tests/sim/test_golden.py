@@ -4,13 +4,30 @@ They hold the core's behaviour still through structural changes: every frame's b
 of every event of every core, every counter. A change that moves code without changing what it
 does keeps them. A change of behaviour must update them in its own commit, saying why.
 
-History of the run digests (the event traces kept theirs):
+History of the run digests (the event traces kept theirs, until sessions):
 - the report's ``bounds`` gained the structures the simulator did not read before (WebRTC links,
   unconfirmed messages and bytes, introducers, lookup questions): the runs are the same, the
   report holds more.
 - the report's ``pending_links`` counts inbound handshakes only, and it gained ``opening`` (our
   own dials) and ``budgets`` (per-source budgets, issue 13): the runs are the same (with the old
   read-out in place of the new, the old digests come out), the report holds more.
+- sessions (``core/sessions.py``, ``core/delivery.py``): every simulated core has a suite (the
+  stand-in, or Noise with ``real_crypto``), and the message phase sends with ``deliver()``
+  (``SimParams.sending``): key exchanges, handshakes carrying the data, receipts, sending again.
+  The report gained the receipts (``receipted``, ``receipt_ratio``, ``receipt_failures``,
+  ``sender_left``, ``receipt_p50``/``p99``), the frames of messages by kind
+  (``message_frames``, ``message_origins``) and the misbehaving relays (``swallowers``,
+  ``frames_swallowed``); its ``bounds`` gained ``sessions``, ``session_queue``, ``peer_keys``,
+  ``deliveries``, ``requests_in`` and ``delivered_ids``. With ``sending="plain"`` the runs are
+  the old ones: the digest computed as before (the new fields left out) is the one the code
+  before sessions gives, bounds apart.
+
+History of the event traces:
+- sessions: ``send()`` goes through a session (``Config.sessions``) now that the simulated cores
+  have a suite, so the sends of both traces are key exchanges, handshakes and sealed frames.
+  Real Noise draws its ephemeral keys from the operating system: in the real-crypto trace, a
+  session message's bytes count by their length (every other byte, and the order and time of
+  every event, as before).
 
 History of the partition trace:
 - the bootstrap redials run on one clock (``cut-off``, ``rejoin``, ``island``; see
@@ -27,29 +44,31 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from typing import Any
 
 import pytest
 
+from peer_relay.events import SendFrame
 from peer_relay.sim import SimNetwork, SimNode
 from peer_relay.sim.runner import SimParams, run_simulation
 
 RUNS: dict[str, tuple[SimParams, str]] = {
     "static": (
         SimParams(nodes=150, messages=300, seed=21),
-        "e1b74ed6784239e3e406576184bffd382d59b444cc506e4fc35767165c6e063a",
+        "c101fdeeb887764f911d0dfd71151157201cfc35734bbb469189a17ad21c8f0f",
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "0c083304259f739e1971923bd94f64f0636604ba6be2a71cde67a7e28797f3ef",
+        "c2661fb635b6f2fccd81482807d312ddf572d539e8d0dcd8826c1c8ad4ac2d5b",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),
-        "fc9a18394913da5903f37e025662a51ac7e03a148747c0c378d8875b2965b473",
+        "0c00cdf483a15276162d7c1f8b9deb134c7697ca3ee2def1c5215f8599d83710",
     ),
     "real-crypto": (
         SimParams(nodes=30, messages=40, seed=24, real_crypto=True),
-        "d207ac42b18c1911ad8ad3153f5e6fce75c471eb1ed173944f11b20e9fdf4a2e",
+        "9bc7e412dee93eb2013c5038ea30b3767682557b04bd54fc00230f6b5f8cbbfe",
     ),
 }
 
@@ -60,13 +79,27 @@ def test_simulation_digest_is_pinned(name: str) -> None:
     assert run_simulation(params).digest == expected
 
 
+_SESSION_BYTES = re.compile(rb'\{"data":"([A-Za-z0-9+/=]*)","type":"sealed"\}')
+
+
+def _sizes_of_session_bytes(event: object) -> object:
+    """``event``, with the base64 of any session message it sends written as its length."""
+    if type(event) is not SendFrame:
+        return event
+    frame = _SESSION_BYTES.sub(lambda m: b'{"data":%d}' % len(m[1]), event.frame)
+    return SendFrame(event.handle, frame)
+
+
 def _trace(real_crypto: bool) -> str:
     """Hash every event of every core, in order, over a small network with loss, sends,
-    a clean leave and a crash."""
+    a clean leave and a crash (with real Noise, whose keys the operating system draws, the
+    bytes of session messages by their length)."""
     net = SimNetwork(seed=5, loss=0.02, real_crypto=real_crypto)
     h = hashlib.sha256()
 
     def on_trace(node: SimNode, event: object) -> None:
+        if real_crypto:
+            event = _sizes_of_session_bytes(event)
         h.update(f"{node.index} {net.now:.6f} {event!r}\n".encode())
 
     net.on_trace = on_trace
@@ -115,8 +148,8 @@ def _partition_trace() -> str:
 
 
 TRACES = {
-    False: "623977a53d32c2bdfdbaedbff218a01f180ef97263c665fc8dbfa214d16b0119",
-    True: "480cd09540e1be2c95808f9c0c39edde4c89f73801999ea52d34a8bf9f62e637",
+    False: "5774c81d56d654f1002722caddd19a0771118e2ad9e52d37eea5e97602a7b0e4",
+    True: "fe2fbc3e39c802070256d4c3ff9abacec3f556fe1c2c9112dfecdf9564e9d669",
 }
 
 
@@ -125,7 +158,7 @@ def test_event_trace_is_pinned(real_crypto: bool) -> None:
     assert _trace(real_crypto) == TRACES[real_crypto]
 
 
-PARTITION_TRACE = "5099d28d5b193c3526d21f11ecde2c97ede3dff8e8cca4a9afd20ba11d1e521f"
+PARTITION_TRACE = "3f29c2b71a418afc31bd7d0d5d283a7e2e6b8d411f8eea0ec9d63d29d3ca0d20"
 
 
 def test_partition_and_redial_trace_is_pinned() -> None:

@@ -5,6 +5,10 @@ cores, with the same settings: a small link budget (6) so that messages take a f
 short refresh interval so that the live network settles within seconds. Both must deliver every
 message, and their mean hop counts must differ by at most ``HOPS_TOLERANCE`` (the simulation's
 mean over three seeds spreads by about 0.3 hops at this size).
+
+Both send the same way: ``send()``, which goes end to end through sessions by default (the live
+nodes' Noise, the simulation's stand-in suite of the same messages), so the simulation runs with
+``sending="sealed"``.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ async def test_live_network_and_simulation_agree() -> None:
                 seed=seed,
                 links=SETTINGS["max_links"],
                 join_rate=5.0,
+                sending="sealed",
                 config={"refresh_interval": SETTINGS["refresh_interval"]},
             )
         )

@@ -33,6 +33,8 @@ PARTS = (
     "discovery",
     "bootstrap",
     "population",
+    "sessions",
+    "delivery",
     "readout",
     "core",
 )

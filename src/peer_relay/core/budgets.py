@@ -98,6 +98,34 @@ class ControlBudgets:
         self.overall.take(now)
         return True
 
+    def unproven_refusal(
+        self, sender_hex: str, injected: Source, via: Source, now: float
+    ) -> str | None:
+        """Why a session handshake message (``KEY_ASK``, ``OPEN``: an answer or a key exchange,
+        before anything proves who sent it) is refused now, or None and its cost is spent.
+
+        Its claimed sender's budget is only looked at (spent once an ``OPEN`` proves its
+        sender, :meth:`proven`): forgeries in an honest peer's name do not spend it. What is
+        spent is the budget of who handed it to our peer and of the link, as for requests."""
+        if self.expected(sender_hex):
+            return None
+        if self.by_sender.spent(sender_hex, now):
+            return "rate-limited-peer"
+        if self.by_link.spent(injected, now) or self.by_link.spent(via, now):
+            return "rate-limited-link"
+        if self.overall.full(now):
+            return "rate-limited"
+        self.by_link.take(injected, now)
+        if via != injected:
+            self.by_link.take(via, now)
+        self.overall.take(now)
+        return None
+
+    def proven(self, sender_hex: str, now: float) -> None:
+        """A session handshake proved its sender: it spends that sender's budget."""
+        if not self.expected(sender_hex):
+            self.by_sender.take(sender_hex, now)
+
     def checks_refused(self, injected: Source, via: Source, now: float) -> bool:
         """Whether what comes through link ``via`` from the hop before it, ``injected``, is
         refused unchecked now: one of them brought too many forgeries lately."""

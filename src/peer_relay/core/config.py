@@ -98,6 +98,28 @@ class Config:
     that). Data larger than the burst, or past the budget, is dropped unchecked."""
     max_budgets: int = 4096
     """Most per-sender and per-link budgets remembered (the least recently used go first)."""
+    sessions: bool = True
+    """Whether ``send()`` encrypts end to end through a session (``deliver()`` and
+    ``request()`` always do). Off, it sends plain signed messages, which peers of 0.0.2 read;
+    ``PeerRelay`` turns it off with ``allow_unsigned`` or ``sign=False``."""
+    max_sessions: int = 1024
+    """Most peers with session state (keys, handshakes, queued messages); the least recently
+    used go first."""
+    max_session_queue: int = 256
+    """Most messages per peer waiting for its session to open (``PeerRelay.drain()`` waits
+    for them); more are dropped (``session-queue-full``), or fail for ``deliver()``."""
+    session_timeout: float = 10.0
+    """Seconds a session handshake may take before the messages waiting for it fail."""
+    session_rekey: float = 600.0
+    """Seconds after which a session in use is replaced by a new handshake (new keys)."""
+    session_idle: float = 300.0
+    """Seconds after which an unused session is forgotten."""
+    initial_rto: float = 1.0
+    """Seconds to wait for a receipt before sending again, until round trips are measured."""
+    max_deliveries: int = 1024
+    """Most deliveries, requests and replies of ours waiting for their receipt."""
+    max_requests: int = 256
+    """Most requests handed to our handler and not answered yet; more are refused (busy)."""
     bootstrap_retry: float = 5.0
     """First delay before dialling the bootstrap peers again after losing every link."""
     strategy: Strategy = "spread"

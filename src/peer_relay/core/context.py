@@ -64,6 +64,11 @@ class Context:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s dropped: %s %s", short(self.hex), reason, detail)
 
+    def wake_at(self, when: float) -> None:
+        """Something waits on a deadline at ``when``: tick then at the latest."""
+        if when < self.next_tick:
+            self.next_tick = when
+
     def wake(self, now: float) -> None:
         """Something waits on a deadline now: tick within ``tick_interval``."""
         at = now + self.config.tick_interval

@@ -13,9 +13,10 @@ from dataclasses import replace
 from typing import Any
 
 from .. import wire
-from ..events import ConnectResult, Delivered, Event
+from ..events import ConnectResult, Delivered, DeliveryResult, Event
 from ..identity import Identity, Verifier, verify_ed25519
 from ..ids import parse_id, short
+from ..sealing import NoiseSuite, Suite
 from ..wire import Envelope, WireError
 from . import readout
 from .bootstrap import Bootstrap
@@ -24,12 +25,19 @@ from .config import Config, Stats
 from .confirm import Confirmation
 from .connect import Connector
 from .context import Context, log
+from .delivery import DELIVER, REQUEST, Delivery
 from .discovery import Discovery
 from .inbox import Inbox, Received
 from .link import DIALING, HELLO, OPEN, Link
 from .links import Links
 from .population import for_strategy
 from .routing import Router
+from .sessions import KEY as SESSION_KEY
+from .sessions import KEY_ASK, Sessions
+from .sessions import OPEN as SESSION_OPEN
+
+FORGED = frozenset(("bad-handshake", "bad-ciphertext", "key-mismatch", "bad-sealed"))
+"""Why a session message is dropped that is charged like a forged signature."""
 
 
 class Core:
@@ -43,7 +51,10 @@ class Core:
         rng: random.Random,
         now: float,
         verify: Verifier = verify_ed25519,
+        suite: Suite | None = None,
     ) -> None:
+        """``suite`` is the cryptography of sessions: by default Noise with keys derived from
+        ``identity`` (None where its key cannot be exported: no sessions then)."""
         cfg = config or Config()
         self._ctx = ctx = Context(identity, cfg, rng)
         self.identity = identity
@@ -79,7 +90,23 @@ class Core:
         connector.would_link = population.would_link
         attempts = connector.attempts
         budgets.expected = lambda sender_hex: bytes.fromhex(sender_hex) in attempts
-        self._inbox = Inbox(ctx, verify, budgets, now)
+        self._inbox = inbox = Inbox(ctx, verify, budgets, now)
+        if suite is None:
+            try:
+                suite = NoiseSuite(identity.private_bytes())
+            except ValueError:
+                suite = None
+        self._delivery = delivery = Delivery(ctx, self._seal, self._withdraw)
+        self._sessions = Sessions(
+            ctx,
+            suite,
+            router.send_sealed,
+            delivered=delivery.received,
+            sent=delivery.sent,
+            failed=delivery.failed,
+            reset=self._send_reset,
+            fresh=inbox.fresh,
+        )
         self._dispatch: dict[str, Callable[[Received, float], None]] = {
             wire.USER: self._on_user,
             wire.FIND_PEERS: discovery.on_find_peers,
@@ -87,6 +114,7 @@ class Core:
             wire.HANDSHAKE_OFFER: connector.on_offer,
             wire.HANDSHAKE_ANSWER: connector.on_answer,
             wire.SIGNAL: connector.on_signal,
+            wire.SESSION_RESET: self._on_reset,
         }
         ctx.next_tick = now + cfg.tick_interval * rng.random()
         self._next_refresh = now + cfg.refresh_interval * (0.5 + rng.random())
@@ -136,6 +164,8 @@ class Core:
             else:
                 links.expire(link, now)
         self._connector.timeouts(now)
+        self._sessions.expire(now)
+        self._delivery.expire(now)
         self._bootstrap.tick(now)
         if now >= self._next_refresh:
             self._next_refresh = now + cfg.refresh_interval * (0.75 + 0.5 * ctx.rng.random())
@@ -145,17 +175,31 @@ class Core:
         # Remembered message ids are forgotten within an eighth of their lifetime of expiring.
         for expiry in self._inbox.first_expiries():
             after = min(after, max(expiry, now + cfg.seen_ttl / 8))
+        for due in (self._sessions.next_due(), self._delivery.next_due()):
+            if due is not None:
+                after = min(after, max(due, now))
         ctx.next_tick = min(ctx.next_tick, after, max(self._bootstrap.due, now))
 
     def bounds(self) -> dict[str, tuple[int, int]]:
         """Every bounded structure's size now, next to its limit (per link: the largest)."""
-        return readout.bounds(self._ctx.config, self._parts())
+        out = readout.bounds(self._ctx.config, self._parts())
+        cfg = self._ctx.config
+        sizes = {**self._sessions.sizes(), **self._delivery.sizes()}
+        out["sessions"] = (sizes["sessions"], cfg.max_sessions)
+        out["session_queue"] = (sizes["session_queue"], cfg.max_session_queue)
+        out["peer_keys"] = (sizes["peer_keys"], cfg.max_budgets)
+        out["deliveries"] = (sizes["deliveries"], cfg.max_deliveries)
+        out["requests_in"] = (sizes["requests_in"], cfg.max_requests)
+        out["delivered_ids"] = (sizes["delivered_ids"], cfg.max_seen)
+        return out
 
     def inspect(self) -> dict[str, Any]:
         """Whom this peer deals with now, as plain values (ids in hex), for diagnostics: every
         link with its state, the attempts in flight, the peers whose offer it answered, the
         peers it leaves alone for a while, and the peers it has a WebRTC link with."""
-        return readout.inspect(self._parts())
+        out = readout.inspect(self._parts())
+        out["sessions"] = self._sessions.readout()
+        return out
 
     def _parts(self) -> readout.Parts:
         return readout.Parts(
@@ -168,6 +212,10 @@ class Core:
     def peers(self) -> list[bytes]:
         """Ids of the open direct links."""
         return [link.peer_id for link in self._links.open]
+
+    def waiting(self) -> int:
+        """Messages of ours waiting for a first link or for a session to open."""
+        return len(self._router.queue) + self._sessions.queued()
 
     def link_transport(self, peer_id: bytes) -> str | None:
         """The transport of the open link to ``peer_id``, if any."""
@@ -185,7 +233,8 @@ class Core:
         self._bootstrap.start(urls, now)
 
     def send(self, to: object, data: Any, now: float) -> None:
-        """Send ``data`` (any I-JSON value) to peer ``to``; raise at once if either is malformed."""
+        """Send ``data`` (any I-JSON value) to peer ``to``, end to end encrypted through a
+        session unless ``sessions`` is off; raise at once if either is malformed."""
         target = parse_id(to)
         self._ensure_open()
         if target == self.id:
@@ -193,7 +242,68 @@ class Core:
             self.stats.delivered += 1
             self._ctx.events.append(Delivered(data, self.id, True, 0))
             return
-        self._router.originate(target.hex(), wire.USER, data, now)
+        if self._ctx.config.sessions and self._sessions.suite is not None:
+            self._delivery.send(target.hex(), self._body(data), now)
+        else:
+            self._router.originate(target.hex(), wire.USER, data, now)
+
+    def deliver(self, to: object, data: Any, now: float, timeout: float = 10.0) -> int:
+        """Send ``data`` to ``to`` through a session and wait for its receipt, sending it again
+        over other first hops when it is late; a :class:`DeliveryResult` with the token
+        returned here says how it ended, within ``timeout`` seconds. Raise at once on bad
+        arguments."""
+        target, body = self._session_call(to, data, timeout)
+        if target == self.id:
+            token = self._delivery.new_id()
+            self.stats.delivered += 1
+            self._ctx.events.append(Delivered(data, self.id, True, 0))
+            self._ctx.events.append(DeliveryResult(token, True, ""))
+            return token
+        return self._delivery.start(target.hex(), DELIVER, body, now, timeout)
+
+    def request(self, to: object, data: Any, now: float, timeout: float = 10.0) -> int:
+        """Send a request to ``to``'s handler; a :class:`Reply` with the token returned here
+        brings its answer, or why there is none, within ``timeout`` seconds. The handler gets
+        it at most once, however often it is sent again."""
+        target, body = self._session_call(to, data, timeout)
+        if target == self.id:
+            return self._delivery.ask_self(data, now, timeout)
+        return self._delivery.start(target.hex(), REQUEST, body, now, timeout)
+
+    def respond(self, token: int, value: Any, now: float, error: str | None = None) -> bool:
+        """Answer the request of a :class:`RequestReceived`: with ``value`` (any I-JSON value),
+        or with ``error`` (a line of text the caller gets as the handler's error). False if
+        it was answered already."""
+        self._ensure_open()
+        body = None if error is not None else self._body(value)
+        return self._delivery.answer(token, body, error, now)
+
+    def _session_call(self, to: object, data: Any, timeout: float) -> tuple[bytes, bytes]:
+        target = parse_id(to)
+        if not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        body = self._body(data)
+        self._ensure_open()
+        if self._sessions.suite is None:
+            raise RuntimeError(
+                "this peer's identity cannot be exported, and sessions need its key: "
+                "create the peer with an Identity made from its private bytes"
+            )
+        return target, body
+
+    def _body(self, data: Any) -> bytes:
+        """``data`` as the JSON a session carries; raise if it is not I-JSON or too large."""
+        body = wire.canonical(data)
+        cfg = self._ctx.config
+        # Sealed, base64, in an envelope, relayed over max_hops.
+        relayed = (len(body) + 64) * 4 // 3 + 256 + cfg.max_hops * wire.HOP_BYTES
+        if relayed > cfg.max_frame:
+            raise ValueError(
+                f"message of {len(body)} bytes exceeds max_frame ({cfg.max_frame} bytes) once "
+                f"sealed and relayed over max_hops ({cfg.max_hops}); send less data or raise "
+                "max_frame"
+            )
+        return body
 
     def connect(self, peer: object, now: float) -> None:
         """Ask ``peer`` for a direct link; a :class:`ConnectResult` reports the outcome."""
@@ -228,6 +338,7 @@ class Core:
         for peer_id in list(self._connector.attempts):
             self._connector.fail(peer_id, "shutdown", now)
         self._router.queue.clear()
+        self._delivery.close()
         ctx.closed = True
 
     def _ensure_open(self) -> None:
@@ -349,6 +460,9 @@ class Core:
 
     def _receive(self, env: Envelope, link: Link, now: float) -> None:
         inbox = self._inbox
+        if wire.data_kind(env) == wire.SEALED:
+            self._sealed(env, link, now)
+            return
         received = inbox.accept(env, now, link)
         if received is None:
             if inbox.blame and env.sender == link.peer_hex and len(env.path) == 1:
@@ -357,11 +471,76 @@ class Core:
                 self._links.misbehaved(link, now)
             return
         self._router.learn(env, now)
+        if received.key is not None:
+            self._sessions.learn_key(env.sender, received.key)
         handler = self._dispatch.get(received.kind)
         if handler is None:
             self._ctx.drop("unknown-type", received.kind[:32])
         else:
             handler(received, now)
+
+    def _sealed(self, env: Envelope, link: Link, now: float) -> None:
+        """A session message for us: its checks are the session's; the budgets are ours."""
+        ctx = self._ctx
+        injected, via = self._inbox.came(env, link)
+        budgets = self._budgets
+        if budgets.checks_refused(injected, via, now):
+            ctx.drop("check-budget", env.sender)
+            return
+        sender = env.sender
+        own = sender == link.peer_hex and len(env.path) == 1
+        try:
+            blob = wire.sealed_blob(env)
+        except WireError as exc:
+            ctx.drop(exc.reason, exc.detail)
+            if own:
+                self._links.misbehaved(link, now)
+            return
+        kind = blob[0] if blob else 0
+        if kind in (KEY_ASK, SESSION_OPEN):
+            # What costs us an answer or a key exchange is a request, and budgeted as one.
+            reason = budgets.unproven_refusal(sender, injected, via, now)
+            if reason is not None:
+                ctx.drop(reason, sender)
+                if own and reason == "rate-limited-peer":
+                    self._links.misbehaved(link, now)
+                return
+        # What the message prompts (a KEY, an ACCEPT, a receipt, a reply) goes out before
+        # receive() returns, and had better take the way the message came: a way that works.
+        # Learnt at once, and kept only from a message that proves its sender (a forger must
+        # not steer our messages: KEY_ASK and KEY carry a public key only).
+        router = self._router
+        before = router.learn(env, now)
+        reason = self._sessions.receive(sender, blob, len(env.path), now)
+        if reason is None and kind == SESSION_OPEN:
+            budgets.proven(sender, now)
+        if reason is not None or kind in (KEY_ASK, SESSION_KEY):
+            router.unlearn(sender, before)
+        if reason in FORGED:
+            budgets.failed(injected, via, now)
+            if own:
+                self._links.misbehaved(link, now)
+
+    def _seal(
+        self,
+        to_hex: str,
+        inner: bytes,
+        now: float,
+        avoid: tuple[str, ...],
+        only_new: bool,
+    ) -> str | None:
+        return self._sessions.send(to_hex, inner, now, avoid, only_new)
+
+    def _withdraw(self, to_hex: str, inner: bytes, now: float) -> None:
+        self._sessions.withdraw(to_hex, inner, now)
+
+    def _send_reset(self, peer_hex: str, sid: int, now: float) -> None:
+        if self._ctx.config.sign:
+            self._router.originate(peer_hex, wire.SESSION_RESET, sid, now)
+
+    def _on_reset(self, msg: Received, now: float) -> None:
+        if msg.verified and type(msg.payload) is int:
+            self._sessions.reset(msg.sender.hex(), msg.payload, now)
 
     def _on_user(self, msg: Received, now: float) -> None:
         self.stats.delivered += 1
@@ -389,6 +568,8 @@ class Core:
 
     def _opened(self, link: Link, now: float) -> None:
         self._discovery.candidates.add(link.peer_id, now, replace_oldest=True)
+        if link.remote_key is not None and link.authenticated:
+            self._sessions.learn_key(link.peer_hex, link.remote_key)
         self._connector.linked(link.peer_id)
         self._bootstrap.linked(link, now)
         log.debug("%s linked %s over %s", short(self.hex), short(link.peer_id), link.transport)

@@ -41,6 +41,8 @@ class Received(NamedTuple):
     hops: int
     via: Source
     """Where it came from, for the budgets (see :data:`~peer_relay.core.budgets.Source`)."""
+    key: bytes | None = None
+    """The sender's Ed25519 key, when its signature was checked."""
 
 
 class Inbox:
@@ -86,12 +88,8 @@ class Inbox:
         if key in self.delivered:
             ctx.drop("duplicate", env.nonce)
             return None
-        via: Source = link.handle if link.source is None else link.source
+        injected, via = self.came(env, link)
         budgets = self.budgets
-        # Forgeries are charged to the link, and to the hop before: the peer that handed the
-        # message to our peer (each peer checks the last hop is the one it got it from). One
-        # who injects forgeries through an honest relay spends its own budget, not everyone's.
-        injected: Source = f"{via}<{env.path[-2]}" if len(env.path) > 1 else via
         if budgets.checks_refused(injected, via, now):
             ctx.drop("check-budget", env.sender)
             return None
@@ -106,12 +104,13 @@ class Inbox:
                 return None
         ts = -1
         raw_auth = env.raw.get("auth")
+        signer = None
         try:
             if raw_auth is not None:
                 checked = self._verify(env, raw_auth, key, (injected, via), now)
                 if checked is None:
                     return None
-                ts, data = checked
+                ts, data, signer = checked
                 verified = True
             elif ctx.config.require_auth:
                 ctx.drop("unsigned", env.sender)
@@ -126,12 +125,39 @@ class Inbox:
             return None
         self._remember(key, ts, now)
         sender = bytes.fromhex(env.sender)
-        return Received(kind, payload, has_payload, sender, verified, len(env.path), via)
+        return Received(kind, payload, has_payload, sender, verified, len(env.path), via, signer)
+
+    @staticmethod
+    def came(env: Envelope, link: Link) -> tuple[Source, Source]:
+        """Whom a message is charged to if it fails its check: (the injector, the link).
+
+        Forgeries are charged to the link, and to the hop before: the peer that handed the
+        message to our peer (each peer checks the last hop is the one it got it from). One
+        who injects forgeries through an honest relay spends its own budget, not everyone's.
+        """
+        via: Source = link.handle if link.source is None else link.source
+        injected: Source = f"{via}<{env.path[-2]}" if len(env.path) > 1 else via
+        return injected, via
+
+    def fresh(self, sender_hex: str, opener: bytes, ts_ms: int, now: float) -> str | None:
+        """Why a session handshake from ``sender_hex`` (its ephemeral key ``opener``, dated
+        ``ts_ms``) is refused as not new, or None (and it is remembered): the replay guard of
+        signed messages, with the ephemeral key in place of the nonce."""
+        if abs(ts_ms - now * 1000) >= self.ctx.config.replay_window * 1000:
+            return "expired"
+        if ts_ms < self.started_ms:
+            return "before-start"
+        key = hash((sender_hex, opener))
+        if key in self.delivered or (ts_ms, key) <= self.replay_floor:
+            return "replay"
+        self._remember(key, ts_ms, now)
+        return None
 
     def _verify(
         self, env: Envelope, raw_auth: Any, key: int, came: tuple[Source, Source], now: float
-    ) -> tuple[int, Any] | None:
-        """Check a message's date, replay and signature; return (ts, its data read) or None.
+    ) -> tuple[int, Any, bytes] | None:
+        """Check a message's date, replay and signature; return (ts, its data read, the key) or
+        None.
 
         The signature covers the data's canonical form, which is how our origins write it, so
         it is first checked against the data as written: one hash, no reading. Only when that
@@ -162,7 +188,7 @@ class Inbox:
             ctx.drop("bad-data", "no data")
             return None
         if self._signed(env, auth, written):
-            return auth.ts, wire.delivered_data(env)
+            return auth.ts, wire.delivered_data(env), auth.key
         if self.budgets.slow_refused(came[1], len(written), now):
             self._failed(env, came, now, "check-budget", 0)
             return None
@@ -177,7 +203,7 @@ class Inbox:
             self._failed(env, came, now, reason, len(written))
             return None
         if text != written and self._signed(env, auth, text):
-            return auth.ts, value
+            return auth.ts, value, auth.key
         self._failed(env, came, now, "bad-signature", len(written))
         return None
 

@@ -85,6 +85,49 @@ class Router:
             return
         self._route_new(to_hex, frame, kind == wire.USER, now, hint)
 
+    def send_sealed(
+        self,
+        to_hex: str,
+        data: bytes,
+        now: float,
+        avoid: tuple[str, ...] = (),
+        only_new: bool = False,
+    ) -> str | None:
+        """Send a session message (``data``: its data, already JSON) in a new unsigned envelope
+        (the session authenticates it); return the first hop (None: queued or no route).
+
+        ``avoid`` names first hops to keep away from, where another way exists: a message sent
+        again after its receipt did not come takes a way it has not taken. ``only_new``: send
+        nothing (None) unless such a way exists.
+        """
+        ctx = self.ctx
+        if only_new and not self.next_hops(to_hex, (ctx.hex, *avoid)):
+            return None
+        nonce = str(ctx.rng.getrandbits(63))
+        hint = self.hint(to_hex, now)
+        if hint is not None and avoid and any(hop in avoid for hop in hint):
+            hint = None
+        frame = wire.origin_frame(to_hex, ctx.hex, nonce, data, None, hint)
+        ctx.stats.originated += 1
+        if not self.links.open:
+            if len(self.queue) >= ctx.config.max_queue:
+                ctx.drop("queue-full", to_hex)
+            else:
+                self.queue.append((to_hex, frame, True))
+            return None
+        own = (ctx.hex,)
+        hops = self.next_hops(to_hex, own + avoid, hint) if avoid else []
+        if not hops:
+            # Every first hop tried: any but the last one tried, else the best.
+            hops = self.next_hops(to_hex, own + avoid[-1:], hint) if avoid else []
+            if not hops:
+                hops = self.next_hops(to_hex, own, hint)
+        if not hops:
+            ctx.drop("no-route", to_hex)
+            return None
+        self._send(hops, frame, True, now)
+        return hops[0].peer_hex
+
     def flush_queue(self, now: float) -> None:
         """Send the messages that waited for a first link."""
         queue = self.queue
@@ -139,7 +182,7 @@ class Router:
             ctx.drop("too-large-to-relay", f"{len(frame)} bytes")
             return
         ctx.stats.relayed += 1
-        self._send(hops, frame, wire.data_kind(env) == wire.USER, now)
+        self._send(hops, frame, wire.data_kind(env) in wire.CONFIRMED, now)
 
     def reroute(self, frame: bytes, now: float) -> None:
         """Send an envelope we already sent once on the best link left (a ping never came back,
@@ -155,7 +198,7 @@ class Router:
             ctx.drop("no-route", env.to)
             return
         ctx.stats.rerouted += 1
-        self._send(hops[:1], frame, wire.data_kind(env) == wire.USER, now)
+        self._send(hops[:1], frame, wire.data_kind(env) in wire.CONFIRMED, now)
 
     # ---------------------------------------------------------------- next hops
 
@@ -223,12 +266,23 @@ class Router:
 
     # ---------------------------------------------------------------- route hints
 
-    def learn(self, env: Envelope, now: float) -> None:
-        """Remember the reversed path of a verified message that started at its sender."""
+    def learn(self, env: Envelope, now: float) -> tuple[float, list[str]] | None:
+        """Remember the reversed path of a verified message that started at its sender;
+        return what was remembered before (see :meth:`unlearn`)."""
+        before = self.routes.entries.get(env.sender)
         if env.path and env.path[0] == env.sender:
             # Interned: the same few ids recur in every peer's routes.
             path = [intern(hop) for hop in reversed(env.path)]
             self.routes.touch(env.sender, (now + self.ctx.config.route_ttl, path))
+        return before
+
+    def unlearn(self, sender_hex: str, before: tuple[float, list[str]] | None) -> None:
+        """Put back the route to ``sender_hex`` that :meth:`learn` replaced (the message it
+        learnt from failed its checks)."""
+        if before is None:
+            self.routes.entries.pop(sender_hex, None)
+        else:
+            self.routes.touch(sender_hex, before)
 
     def hint_via(self, peer_hex: str, via: str, now: float) -> None:
         """Make the next message to ``peer_hex`` go through linked peer ``via``, unless a

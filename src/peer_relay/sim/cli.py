@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 from . import compiled
-from .runner import STRATEGIES, SimParams, SimReport, run_simulation
+from .runner import SENDING, STRATEGIES, SimParams, SimReport, run_simulation
 
 PLOT_HINT = "--plot needs matplotlib: pip install 'peer-relay[plot]'"
 
@@ -65,7 +65,39 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"arrivals per second per peer while joining (default {SimParams.join_growth})",
     )
     parser.add_argument(
-        "--real-crypto", action="store_true", help="Ed25519 instead of a keyed hash (slow)"
+        "--real-crypto",
+        action="store_true",
+        help="Ed25519 and Noise instead of a keyed hash and a stand-in (slow)",
+    )
+    parser.add_argument(
+        "--send",
+        dest="sending",
+        choices=SENDING,
+        default="deliver",
+        help="deliver: with receipts, sent again over other first hops when late (default); "
+        "sealed: fire and forget through sessions (send()); plain: fire and forget, signed, "
+        "no sessions (the simulator before sessions)",
+    )
+    parser.add_argument(
+        "--no-receipts",
+        dest="sending",
+        action="store_const",
+        const="plain",
+        help="the same as --send plain: the old figures",
+    )
+    parser.add_argument(
+        "--deliver-timeout",
+        type=float,
+        default=SimParams.deliver_timeout,
+        metavar="S",
+        help=f"seconds a delivery has for its receipt (default {SimParams.deliver_timeout:g})",
+    )
+    parser.add_argument(
+        "--swallowers",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="share of peers that drop the messages they relay but answer pings (default 0)",
     )
     parser.add_argument("--plot", metavar="FILE.png", help="draw hops and delivery over time")
     parser.add_argument("--json", action="store_true", help="print JSON (and no progress)")
@@ -89,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--nodes must be at least 2")
     if args.messages < 0 or not 0 <= args.loss < 1 or not 0 <= args.churn <= 1:
         parser.error("--messages must be >= 0, --loss in [0, 1) and --churn in [0, 1]")
+    if not 0 <= args.swallowers <= 1 or not args.deliver_timeout > 0:
+        parser.error("--swallowers must be in [0, 1] and --deliver-timeout > 0")
     if args.plot and not _have_matplotlib():
         print(f"peer-relay simulate: {PLOT_HINT}", file=sys.stderr)
         return 2
@@ -105,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message_rate=args.rate,
         join_growth=args.join_growth,
         real_crypto=args.real_crypto,
+        sending=args.sending,
+        deliver_timeout=args.deliver_timeout,
+        swallowers=args.swallowers,
     )
     progress = None if args.json else _Progress(sys.stderr)
     reports: list[SimReport] = []
@@ -191,9 +228,28 @@ def _rerun_compiled(cli_args: list[str]) -> int:
     return subprocess.run(command, env=compiled.environ(target), check=False).returncode
 
 
-def _fmt_drops(drops: dict[str, int]) -> str:
+def _fmt_drops(drops: dict[str, int], sep: str = ", ") -> str:
     items = sorted(drops.items(), key=lambda item: -item[1])
-    return ", ".join(f"{k} {v}" for k, v in items) or "none"
+    return sep.join(f"{k} {v}" for k, v in items) or "none"
+
+
+def _fmt_kinds(r: SimReport) -> str:
+    """Frames of each kind of message (how many were sent: the rest is relaying)."""
+    items = sorted(r.message_frames.items(), key=lambda item: -item[1])
+    return ", ".join(f"{k} {v} ({r.message_origins.get(k, 0)})" for k, v in items) or "none"
+
+
+def _by_receipt(r: SimReport) -> str:
+    if r.params.get("sending", "deliver") != "deliver":
+        return "-"
+    heard = r.receipted + sum(r.receipt_failures.values())
+    return f"{r.receipt_ratio:.2%} ({r.receipted}/{heard})"
+
+
+def _receipt_time(r: SimReport) -> str:
+    if r.params.get("sending", "deliver") != "deliver":
+        return "-"
+    return f"{r.receipt_p50:.3f}/{r.receipt_p99:.3f} s"
 
 
 def format_reports(reports: list[SimReport]) -> str:
@@ -201,8 +257,10 @@ def format_reports(reports: list[SimReport]) -> str:
     first = reports[0].params
     head = (
         f"{first['nodes']} peers, {reports[0].sent} messages, churn {first['churn']:.0%}, "
-        f"loss {first['loss']:.1%}, seed {first['seed']}"
+        f"loss {first['loss']:.1%}, seed {first['seed']}, sent by {first['sending']}"
     )
+    if first["swallowers"]:
+        head += f", {reports[0].swallowers} peers swallow what they relay"
     rows: list[tuple[str, list[str]]] = [
         ("strategy", [r.params["strategy"] for r in reports]),
         ("delivery", [f"{r.delivery_ratio:.2%} ({r.delivered}/{r.sent})" for r in reports]),
@@ -212,6 +270,8 @@ def format_reports(reports: list[SimReport]) -> str:
             [f"{r.hops_p50}/{r.hops_p90}/{r.hops_p99}/{r.hops_max}" for r in reports],
         ),
         ("latency mean/p99", [f"{r.latency_mean:.3f}/{r.latency_p99:.3f} s" for r in reports]),
+        ("delivered by receipt", [_by_receipt(r) for r in reports]),
+        ("time to receipt p50/p99", [_receipt_time(r) for r in reports]),
         ("frames per delivered", [f"{r.frames_per_delivered:.2f}" for r in reports]),
         ("duplicates", [str(r.duplicates) for r in reports]),
         (
@@ -245,7 +305,14 @@ def format_reports(reports: list[SimReport]) -> str:
             label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols, strict=True))
         )
     for r in reports:
-        lines.append(f"drops ({r.params['strategy']}): {_fmt_drops(r.drops)}")
+        name = r.params["strategy"]
+        lines.append(f"message frames (messages) ({name}): {_fmt_kinds(r)}")
+        if r.params["sending"] == "deliver":
+            failed = _fmt_drops(r.receipt_failures, "; ")
+            lines.append(f"failed deliveries ({name}): {failed}")
+            if r.sender_left:
+                lines.append(f"deliveries whose sender left first ({name}): {r.sender_left}")
+        lines.append(f"drops ({name}): {_fmt_drops(r.drops)}")
     return "\n".join(lines)
 
 

@@ -10,28 +10,56 @@ Failures it models: a clean leave (the core closes every link, the remotes see t
 latency later), a crash (no goodbye: the links go silent and each remote notices only after a
 keepalive timeout, as a websockets ping would), partitions (frames and dials across groups are
 lost; links that cross stay silent until their keepalive timeout closes them) and frame loss.
+And a misbehaving relay (:meth:`SimNetwork.swallow`): it drops the user and session messages it
+relays while it answers pings and serves everything else, which only end-to-end receipts and
+sending again over other first hops get around.
+
+Sessions run as in a live node: without ``real_crypto``, each core gets a
+:class:`~peer_relay.sealing.StandInSuite` (the protocol's messages, sizes and checks without
+the cost of X25519 and ChaChaPoly), seeded from the peer's seed; with it, the real Noise suite
+from its Ed25519 key, whose ephemeral keys come from the operating system: a real-crypto run
+decides the same, but the bytes of its session messages differ from one run to the next.
 """
 
 from __future__ import annotations
 
+import binascii
 import functools
 import hashlib
 import heapq
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import Config, Core
-from ..events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
+from ..events import (
+    ConnectResult,
+    Delivered,
+    DeliveryResult,
+    PeerLinked,
+    PeerUnlinked,
+    Reply,
+    RequestReceived,
+)
 from ..host import Pump
 from ..identity import Identity
+from ..sealing import StandInSuite
 
 EPOCH = 1_700_000_000.0
 """Virtual time starts here, so that signed timestamps look like real ones."""
 
 USER_MARK = b'"type":"user"'
 """Bytes every frame of a ``user`` message holds (canonical JSON has no spaces)."""
+SEALED_MARK = b'"type":"sealed"'
+"""Bytes every frame of a session message holds (see ``core/sessions.py``)."""
+RESET_MARK = b'"type":"session-reset"'
+"""Bytes every frame of a ``session-reset`` message holds."""
+_SEALED_DATA = b'{"data":"'
+"""What the base64 of a session message's bytes follows (``wire.sealed_data``)."""
+SESSION_KINDS = {1: "key-ask", 2: "key", 3: "open", 4: "accept", 5: "sealed"}
+"""What the first byte of a session message's bytes says it is (``core/sessions.py``)."""
 
 _HANDSHAKE = (b'{"type":"Buffer"', b'{"pr":')
 """How link hellos and proofs start: ``loss`` spares them (a stream does not lose its first
@@ -80,10 +108,29 @@ def uniform_delay(low: float, high: float) -> Draw:
     return draw
 
 
+def message_kind(frame: bytes) -> str | None:
+    """What message a frame carries, for counting frames: ``user``, a session message's kind
+    (``key-ask``, ``key``, ``open``, ``accept``, ``sealed``: the clear first byte of its bytes;
+    a receipt is ``sealed`` like the message it answers), ``session-reset``, or None for the
+    rest (links, discovery, connection handshakes)."""
+    if USER_MARK in frame:
+        return "user"
+    if SEALED_MARK in frame:
+        start = frame.find(_SEALED_DATA) + len(_SEALED_DATA)
+        try:
+            head = binascii.a2b_base64(frame[start : start + 4])
+        except (binascii.Error, ValueError):
+            head = b""
+        return SESSION_KINDS.get(head[0], "sealed-other") if head else "sealed-other"
+    if RESET_MARK in frame:
+        return "session-reset"
+    return None
+
+
 _Pair = tuple["SimNode", int]
 
 
-@dataclass(eq=False, slots=True)
+@dataclass(eq=False, slots=True, repr=False)
 class SimNode:
     """One simulated peer: its core, its URL (None if it cannot be dialled), what it received."""
 
@@ -101,10 +148,21 @@ class SimNode:
     """Arrival time of the last frame sent on each link (links are ordered streams)."""
     pump: Pump = field(init=False)
     """Drives :attr:`core` (the same pump as a live node's)."""
+    mark: bytes = b""
+    """``"from":"<its id>"``: in the frames of the messages it sends as their origin, and not in
+    those it relays."""
+    swallows: bool = False
+    """Set by :meth:`SimNetwork.swallow`: its host discards every user or session message it
+    relays; its core does not know, and answers pings as ever."""
 
     @property
     def id(self) -> bytes:
         return self.core.id
+
+    def __repr__(self) -> str:
+        # Not the fields: through its links each peer reaches every other, and a repr that
+        # followed them (pytest's, of a failed assertion) would grow with the whole network.
+        return f"SimNode({self.index}, {self.core.hex[:8]}{'' if self.alive else ', gone'})"
 
 
 class SimNetwork:
@@ -143,8 +201,16 @@ class SimNetwork:
         self.frames_dead = 0
         """Frames that reached a crashed peer."""
         self.count_user = False
-        """While set, frames of ``user`` messages are counted in :attr:`user_frames`."""
+        """While set, frames of messages are counted in :attr:`user_frames`."""
         self.user_frames = 0
+        """Frames of user and session messages (and ``session-reset``) while counted."""
+        self.message_frames: Counter[str] = Counter()
+        """:attr:`user_frames` by :func:`message_kind`."""
+        self.message_origins: Counter[str] = Counter()
+        """Of :attr:`message_frames`, those sent by the message's origin (the rest are relayed):
+        frames over origins is hops per message, one copy per hop."""
+        self.frames_swallowed = 0
+        """Frames that a peer which swallows what it relays did not send (see :meth:`swallow`)."""
         self.on_deliver: Callable[[SimNode, Delivered], None] | None = None
         self.on_event: Callable[[SimNode, object], None] | None = None
         self._on_trace: Callable[[SimNode, object], None] | None = None
@@ -177,10 +243,20 @@ class SimNetwork:
             core = Core(identity, config, rng=random.Random(seed), now=self.now)
         else:
             identity = Identity(signer=FastSigner(seed))
-            core = Core(identity, config, rng=random.Random(seed), now=self.now, verify=fast_verify)
+            # The stand-in's ephemeral keys come from a random stream of their own: the
+            # core's own draws stay those it would make with the real suite.
+            suite = StandInSuite(identity.public_key, random.Random(b"sim-suite" + seed))
+            core = Core(
+                identity,
+                config,
+                rng=random.Random(seed),
+                now=self.now,
+                verify=fast_verify,
+                suite=suite,
+            )
         url = f"ws://sim-{index}" if listen else None
         core.set_url(url)
-        node = SimNode(index, core, url, joined_at=self.now)
+        node = SimNode(index, core, url, joined_at=self.now, mark=f'"from":"{core.hex}"'.encode())
         node.pump = Pump(core, _SimHost(self, node))
         if self._on_trace is not None:
             node.pump.trace = functools.partial(self._on_trace, node)
@@ -192,6 +268,11 @@ class SimNetwork:
             core.bootstrap([b.url for b in bootstrap if b.url], self.now)
         self.pump(node)
         return node
+
+    def swallow(self, node: SimNode) -> None:
+        """Make ``node`` a relay that silently drops the user and session messages it relays,
+        while its core goes on as if it had sent them (it answers pings, it vouches for them)."""
+        node.swallows = True
 
     def alive(self) -> list[SimNode]:
         """The peers that have neither left nor crashed, in creation order."""
@@ -284,9 +365,17 @@ class SimNetwork:
     # ---------------------------------------------------------------- carrying out core events
 
     def send(self, node: SimNode, to: bytes, data: Any) -> None:
-        """The application of ``node`` sends ``data`` to ``to``."""
+        """The application of ``node`` sends ``data`` to ``to`` (``Core.send``)."""
         node.core.send(to, data, self.now)
         self.pump(node)
+
+    def deliver(self, node: SimNode, to: bytes, data: Any, timeout: float = 10.0) -> int:
+        """The application of ``node`` delivers ``data`` to ``to`` with a receipt
+        (``Core.deliver``); a :class:`DeliveryResult` with the token returned here goes to
+        :attr:`on_event`."""
+        token = node.core.deliver(to, data, self.now, timeout)
+        self.pump(node)
+        return token
 
     def pump(self, node: SimNode) -> None:
         """Carry out what the core of ``node`` asked for (nothing once it is gone); call it after
@@ -367,10 +456,22 @@ class _SimHost:
             # The link is gone on our side: the adapter reports the frame back, as a live one does.
             net.at(0.0, net._undeliverable, node, handle, frame)
             return True
+        if (
+            node.swallows
+            and (USER_MARK in frame or SEALED_MARK in frame)
+            and node.mark not in frame
+        ):
+            net.frames_swallowed += 1
+            return True
         peer, peer_handle = pair
         net.frames_sent += 1
-        if net.count_user and USER_MARK in frame:
-            net.user_frames += 1
+        if net.count_user:
+            kind = message_kind(frame)
+            if kind is not None:
+                net.user_frames += 1
+                net.message_frames[kind] += 1
+                if node.mark in frame:
+                    net.message_origins[kind] += 1
         if (net.partition_of and net._cut(node, peer)) or (
             net.loss and not frame.startswith(_HANDSHAKE) and net.rng.random() < net.loss
         ):
@@ -423,6 +524,15 @@ class _SimHost:
         self._app_event(event)
 
     def connect_result(self, event: ConnectResult) -> None:
+        self._app_event(event)
+
+    def delivery_result(self, event: DeliveryResult) -> None:
+        self._app_event(event)
+
+    def request_received(self, event: RequestReceived) -> None:
+        self._app_event(event)
+
+    def reply(self, event: Reply) -> None:
         self._app_event(event)
 
     def _app_event(self, event: object) -> None:

@@ -10,7 +10,14 @@ phases on the virtual clock:
    (or ``settle_max`` passes);
 3. **messages**: ``messages`` user messages between random peers (a Poisson process of rate
    ``message_rate``), while ``churn`` of the peers are replaced (some crash, the rest leave);
-4. **drain**: a few seconds for the last messages to land.
+4. **drain**: a few seconds for the last messages to land (and every delivery to end).
+
+Messages go the way ``sending`` says (see :data:`SENDING`): by default with ``Core.deliver``,
+end to end through sessions with receipts and retransmission over other first hops, measured both
+by arrival (delivery, hops, latency) and by receipt at the sender (delivered by receipt, the
+failures and why, the time to receipt). Every frame of a message counts in its frames per
+delivered message, the session's key exchange, handshake and receipts included
+(``message_frames`` splits them by kind).
 
 Given the same parameters, the same run happens: identities, workload and network draw from
 separate random streams derived from ``seed``, so two strategies with one seed see the same peers
@@ -23,18 +30,21 @@ import gc
 import hashlib
 import math
 import random
+import re
 import resource
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
 from ..core import Config
-from ..events import Delivered
+from ..events import Delivered, DeliveryResult
 from .network import SimNetwork, SimNode, lognormal_latency, uniform_delay
+
+_Number = TypeVar("_Number", int, float)
 
 Progress = Callable[[str, float, float, float], None]
 """``progress(phase, done, total, virtual_seconds)``, called now and then during a run."""
@@ -44,6 +54,13 @@ STRATEGIES = ("spread", "original")
 
 ORIGINAL_MAX_LINKS = 1000
 """0.0.2 keeps every link it is offered; ``original`` stands for that with this bound."""
+
+SENDING = ("deliver", "sealed", "plain")
+"""How the message phase sends (``SimParams.sending``): ``deliver``, ``Core.deliver`` (sessions,
+receipts, retransmission); ``sealed``, ``Core.send`` through sessions, fire and forget (what a
+live node's ``send()`` does by default); ``plain``, ``Core.send`` with ``sessions`` off: signed
+messages without sessions, as the simulator sent before sessions (its figures, apart from the
+report's new fields)."""
 
 
 def strategy_config(name: str, links: int | None = None, **overrides: Any) -> Config:
@@ -110,7 +127,15 @@ class SimParams:
     target_min_age: float = 10.0
     """Messages go between peers that joined at least this many seconds before."""
     real_crypto: bool = False
-    """Sign and verify with Ed25519 (slow) instead of a keyed hash."""
+    """Sign and verify with Ed25519 and seal with Noise (slow) instead of a keyed hash and
+    the stand-in suite."""
+    sending: str = "deliver"
+    """How messages are sent: one of :data:`SENDING`."""
+    deliver_timeout: float = 10.0
+    """Seconds each ``deliver`` has for its receipt (the drain lasts at least this long)."""
+    swallowers: float = 0.0
+    """Share of the peers (drawn from a random stream of their own) that swallow the messages
+    they relay while they answer pings (see ``SimNetwork.swallow``)."""
     config: dict[str, Any] = field(default_factory=dict)
     """Extra :class:`Config` settings, on top of the strategy's."""
     timeline: bool = True
@@ -135,7 +160,24 @@ class SimReport:
     hops_max: int
     latency_mean: float
     latency_p99: float
+    receipted: int
+    """Messages whose sender got their receipt (``deliver`` only)."""
+    receipt_ratio: float
+    """``receipted`` over the messages counted as sent whose sender stayed to hear."""
+    receipt_failures: dict[str, int]
+    """Deliveries that failed, by reason (peer ids and counts written as ``<peer>``, ``N``)."""
+    sender_left: int
+    """Counted messages whose sender left before its delivery ended (no outcome to count)."""
+    receipt_p50: float
+    receipt_p99: float
+    """Seconds from sending to the receipt, over the receipted messages."""
     user_frames: int
+    """Frames of messages (user, session and session-reset messages) in the message phase."""
+    message_frames: dict[str, int]
+    """``user_frames`` by kind: ``user``, ``key-ask``, ``key``, ``open``, ``accept``,
+    ``sealed`` (session data and receipts), ``session-reset``."""
+    message_origins: dict[str, int]
+    """Of ``message_frames``, those sent by their origin: messages of each kind sent."""
     frames_per_delivered: float
     duplicates: int
     """Copies of user messages dropped as duplicates (by relays and destinations)."""
@@ -152,6 +194,9 @@ class SimReport:
     """Frames dropped by the cores during the message phase, by reason."""
     frames_lost: int
     frames_dead: int
+    frames_swallowed: int
+    """Frames dropped by peers that swallow what they relay (``swallowers``)."""
+    swallowers: int
     joined: int
     departed: int
     max_rss_mib: float
@@ -209,14 +254,18 @@ class _QuietWatch:
 
 
 class _Message:
-    __slots__ = ("copies", "hops", "latency", "sent_at", "target")
+    __slots__ = ("copies", "ended", "failure", "hops", "latency", "sent_at", "source", "target")
 
-    def __init__(self, sent_at: float, target: SimNode) -> None:
+    def __init__(self, sent_at: float, source: SimNode, target: SimNode) -> None:
         self.sent_at = sent_at
+        self.source = source
         self.target = target
         self.hops = -1
         self.latency = 0.0
         self.copies = 0
+        self.ended = -1.0
+        """When its delivery ended (receipt or failure); -1 until then."""
+        self.failure: str | None = None
 
 
 class _Alive:
@@ -244,12 +293,22 @@ class _Alive:
         return len(self.items)
 
 
-def percentile(sorted_values: list[int], p: float) -> int:
+def percentile(sorted_values: list[_Number], p: float) -> _Number:
     """Nearest-rank percentile of an ascending list (0 when empty)."""
     if not sorted_values:
         return 0
     rank = max(1, math.ceil(p / 100 * len(sorted_values)))
     return sorted_values[rank - 1]
+
+
+_PEER = re.compile(r"\b[0-9a-f]{8}\b")
+_NUMBER = re.compile(r"(?<![.\d])\d+(?![.\d])")
+"""A count, not part of a version number."""
+
+
+def failure_kind(reason: str) -> str:
+    """A delivery failure's reason without its peer ids and counts, to add up alike ones."""
+    return _NUMBER.sub("N", _PEER.sub("<peer>", reason))
 
 
 def max_rss_mib() -> float:
@@ -281,6 +340,8 @@ def _run(params: SimParams, progress: Progress | None) -> SimReport:
     """Drive one run through its phases (see the module docstring)."""
     if params.nodes < 2:
         raise ValueError("a simulation needs at least 2 nodes")
+    if params.sending not in SENDING:
+        raise ValueError(f"unknown sending {params.sending!r}; choose from {', '.join(SENDING)}")
     run = _Run(params, progress)
     run.join()
     run.settle()
@@ -296,7 +357,8 @@ class _Run:
         p = self.p = params
         self.progress = progress
         self.wall0 = time.perf_counter()
-        self.config = strategy_config(p.strategy, p.links, **p.config)
+        plain = {"sessions": False} if p.sending == "plain" else {}
+        self.config = strategy_config(p.strategy, p.links, **{**plain, **p.config})
         net = self.net = SimNetwork(
             seed=p.seed,
             latency=lognormal_latency(p.latency_median, p.latency_sigma),
@@ -306,9 +368,14 @@ class _Run:
             keepalive=uniform_delay(*p.keepalive),
         )
         self.load = random.Random(f"{p.seed}/workload")
+        self.bad = random.Random(f"{p.seed}/swallowers")
+        self.swallowers = 0
         self.alive = _Alive()
         self.messages: list[_Message] = []
+        self.tokens: dict[tuple[int, int], _Message] = {}
+        """Deliveries waiting for their outcome, by (sender's index, token)."""
         net.on_deliver = self._on_deliver
+        net.on_event = self._on_event
         self.last_report = 0.0
         self.start = net.now
         self.wall_mark = self.wall0
@@ -339,6 +406,16 @@ class _Run:
             msg.hops = event.hops
             msg.latency = self.net.now - msg.sent_at
 
+    def _on_event(self, node: SimNode, event: object) -> None:
+        """Note how each delivery ended, at its sender."""
+        if type(event) is not DeliveryResult:
+            return
+        msg = self.tokens.pop((node.index, event.token), None)
+        if msg is not None:
+            msg.ended = self.net.now
+            if not event.ok:
+                msg.failure = failure_kind(event.reason)
+
     def _report(self, phase: str, done: float, total: float) -> None:
         """Tell ``progress``, at most every 0.2 s of wall time (and at the end of a phase)."""
         if self.progress is None:
@@ -352,6 +429,9 @@ class _Run:
         """A new peer, bootstrapping to ``bootstrap``."""
         node = self.net.add_node(self.config, bootstrap=[bootstrap] if bootstrap else None)
         self.alive.add(node)
+        if self.p.swallowers and self.bad.random() < self.p.swallowers:
+            self.net.swallow(node)
+            self.swallowers += 1
         return node
 
     def _mark(self, phase: str) -> None:
@@ -443,16 +523,23 @@ class _Run:
             tries += 1
         if target is source:
             return False
-        self.messages.append(_Message(net.now, target))
+        msg = _Message(net.now, source, target)
+        data = {"m": len(self.messages)}
+        self.messages.append(msg)
         self.sent_bins[int(net.now - self.phase_start)] += 1
-        net.send(source, target.id, {"m": len(self.messages) - 1})
+        if p.sending == "deliver":
+            token = source.core.deliver(target.id, data, net.now, p.deliver_timeout)
+            self.tokens[(source.index, token)] = msg
+            net.pump(source)
+        else:
+            net.send(source, target.id, data)
         return True
 
     def drain(self) -> None:
         """Phase 4: let the last messages land, then stop the quiet watch."""
-        net, watch = self.net, self.watch
+        p, net, watch = self.p, self.net, self.watch
         assert watch is not None
-        net.run(self.p.drain)
+        net.run(max(p.drain, p.deliver_timeout + 1.0) if p.sending == "deliver" else p.drain)
         net.count_user = False
         watch.stop()
         self.settled = watch.quiet_at is not None
@@ -479,6 +566,27 @@ class _Run:
             if self.p.timeline
             else []
         )
+
+    def _receipts(self, counted: list[_Message]) -> tuple[list[float], Counter[str], int]:
+        """Over the counted messages (``deliver`` only): the times to receipt, ascending; the
+        failures by reason; how many senders left before their delivery ended."""
+        times: list[float] = []
+        failures: Counter[str] = Counter()
+        left = 0
+        if self.p.sending != "deliver":
+            return times, failures, left
+        for m in counted:
+            if m.ended < 0:
+                if m.source.left_at is not None:
+                    left += 1
+                else:  # a delivery that never ended: the core owes a DeliveryResult
+                    failures["no outcome by the end of the run"] += 1
+            elif m.failure is None:
+                times.append(m.ended - m.sent_at)
+            else:
+                failures[m.failure] += 1
+        times.sort()
+        return times, failures, left
 
     def _drops(self) -> Counter[str]:
         """Frames the cores dropped during the message phase (and drain), by reason."""
@@ -514,6 +622,8 @@ class _Run:
         drops = self._drops()
         bounds = self._bounds()
         user_frames = net.user_frames
+        receipt_times, failures, sender_left = self._receipts(counted)
+        heard = len(receipt_times) + sum(failures.values())
         report = SimReport(
             params=asdict(p),
             nodes_final=len(self.alive),
@@ -528,7 +638,15 @@ class _Run:
             hops_max=hops[-1] if hops else 0,
             latency_mean=sum(latencies) / delivered if delivered else 0.0,
             latency_p99=latencies[max(0, math.ceil(0.99 * delivered) - 1)] if delivered else 0.0,
+            receipted=len(receipt_times),
+            receipt_ratio=len(receipt_times) / heard if heard else 0.0,
+            receipt_failures=dict(sorted(failures.items())),
+            sender_left=sender_left,
+            receipt_p50=percentile(receipt_times, 50),
+            receipt_p99=percentile(receipt_times, 99),
             user_frames=user_frames,
+            message_frames=dict(sorted(net.message_frames.items())),
+            message_origins=dict(sorted(net.message_origins.items())),
             frames_per_delivered=user_frames / delivered if delivered else 0.0,
             duplicates=drops.get("duplicate", 0),
             links_mean=sum(link_counts) / len(link_counts) if link_counts else 0.0,
@@ -542,6 +660,8 @@ class _Run:
             drops=dict(sorted(drops.items())),
             frames_lost=net.frames_lost,
             frames_dead=net.frames_dead,
+            frames_swallowed=net.frames_swallowed,
+            swallowers=self.swallowers,
             joined=len(net.nodes),
             departed=self.departed,
             max_rss_mib=0.0,

@@ -1,4 +1,4 @@
-"""Page load and WebRTC setup times of the browser peer (Pyodide in headless Chromium).
+"""Page load, WebRTC setup and session costs of the browser peer (Pyodide in headless Chromium).
 
     .venv/bin/python benchmarks/browser_timings.py [--rounds 5]
 
@@ -7,21 +7,34 @@ Chromium (Debian's, through Playwright), then measures, each round on fresh page
 
 - load: from ``new PeerRelay(...)`` in a blank page to ``ready`` (Pyodide, our package, a key),
   the browser's first page apart (it compiles the WebAssembly; later pages reuse its cache);
+- sessions, in the page's Python (the pure-Python X25519 and ChaCha20-Poly1305 of
+  ``peer_relay.purecrypto``: Pyodide has no ``cryptography``), wall time of one operation:
+  each side of a Noise IK handshake (``peer_relay.sealing.NoiseSuite``, static keys made
+  beforehand: the initiator writes message 1 and reads message 2, the responder the other way
+  round, each then splits; medians of ``--runs``), and seal plus open of a 100-byte message
+  under the keys it gives (medians of ``--runs`` batches of 50);
+- sessions end to end, ``await peer.deliver(id, 100 characters)`` until its receipt is back,
+  from the page, through a mute Python hub, to a Python peer and to another page: the first
+  (the key exchange and the handshake ride along) and the median of the next ``--delivers``;
 - WebRTC setup, from ``connect()`` to the open data channel: page -> aiortc, aiortc -> page,
   page -> page (signals relayed by the Python peers).
+
+The handshake and seal+open figures are also measured here in CPython, pure Python and with
+``cryptography``, for scale.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-from peer_relay import PeerRelay
+from peer_relay import PeerRelay, noise
 from peer_relay.browser.build import build
 from peer_relay.browser.server import WebServer
 
@@ -52,6 +65,85 @@ CONNECT = """async (id) => {
 }"""
 
 
+# Run in the page's Pyodide, and in CPython for scale; ``_session_cost(runs)`` gives medians in ms.
+SESSION_COST = """
+import statistics as _statistics
+import time as _time
+
+from peer_relay.identity import Identity as _Identity
+from peer_relay.sealing import NoiseSuite as _Suite, x25519_public_from_ed25519 as _x25519
+
+
+def _session_cost(runs):
+    a, b = _Identity.generate(), _Identity.generate()
+    initiator_suite, responder_suite = _Suite(a.private_bytes()), _Suite(b.private_bytes())
+    remote = _x25519(b.public_key)
+    clock = _time.perf_counter_ns
+    sides = {"initiator": [], "responder": []}
+    for _ in range(runs):
+        i, r = initiator_suite.initiator(b"bench", remote), responder_suite.responder(b"bench")
+        t0 = clock()
+        m1 = i.write(bytes(40))
+        t1 = clock()
+        r.read(m1)
+        m2 = r.write(b"")
+        r_keys = r.keys()
+        t2 = clock()
+        i.read(m2)
+        i_keys = i.keys()
+        t3 = clock()
+        sides["initiator"].append((t1 - t0 + t3 - t2) / 1e6)
+        sides["responder"].append((t2 - t1) / 1e6)
+    # Timed in batches: a page's clock ticks in steps of 0.1 ms.
+    seal, opener = i_keys[0], r_keys[1]
+    message, ad = bytes(100), bytes(13)
+    both = []
+    for batch in range(runs):
+        t0 = clock()
+        for n in range(batch * 50, batch * 50 + 50):
+            opener.open(n, ad, seal.seal(n, ad, message))
+        both.append((clock() - t0) / 50 / 1e6)
+    return {
+        "IK handshake, initiator": _statistics.median(sides["initiator"]),
+        "IK handshake, responder": _statistics.median(sides["responder"]),
+        "seal + open, 100 B": _statistics.median(both),
+    }
+"""
+
+DELIVERS = """async ({ to, n }) => {
+  const times = []
+  for (let i = 0; i <= n; i++) {
+    const t0 = performance.now()
+    await window.peer.deliver(to, 'x'.repeat(100), { timeout: 10 })
+    times.push(performance.now() - t0)
+  }
+  return times
+}"""
+
+
+async def session_cost_in_page(page: Any, runs: int) -> dict[str, float]:
+    script = f"""async () => {{
+      const {{ loadRuntime }} = await import('/peer-relay.js')
+      const pyodide = await loadRuntime()
+      pyodide.runPython({json.dumps(SESSION_COST)})
+      return JSON.parse(pyodide.runPython('import json; json.dumps(_session_cost({runs}))'))
+    }}"""
+    result: dict[str, float] = await page.evaluate(script)
+    return result
+
+
+def session_cost_here(runs: int, pure: bool) -> dict[str, float]:
+    """The same figures in this CPython, with the pure-Python backend or ``cryptography``."""
+    names: dict[str, Any] = {}
+    previous = noise.use_pure_python(pure)
+    try:
+        exec(SESSION_COST, names)
+        result: dict[str, float] = names["_session_cost"](runs)
+        return result
+    finally:
+        noise.use_pure_python(previous)
+
+
 async def open_page(browser: Any, base: str, hub: str) -> tuple[Any, str, float]:
     page = await browser.new_page()
     await page.goto(base + "blank.html")
@@ -60,7 +152,9 @@ async def open_page(browser: Any, base: str, hub: str) -> tuple[Any, str, float]
     return page, peer_id, load_ms
 
 
-async def round_(browser: Any, base: str, results: dict[str, list[float]]) -> None:
+async def round_(
+    browser: Any, base: str, results: dict[str, list[float]], args: argparse.Namespace
+) -> None:
     started: list[PeerRelay] = []
 
     async def node(**kwargs: Any) -> PeerRelay:
@@ -81,6 +175,13 @@ async def round_(browser: Any, base: str, results: dict[str, list[float]]) -> No
         first = "page load, first in browser" if not results["page load, first in browser"] else ""
         results[first or "page load to ready"].append(load1)
         results["page load to ready"].append(load2)
+        for name, ms in (await session_cost_in_page(p1, args.runs)).items():
+            results.setdefault(f"page: {name}", []).append(ms)
+        # Deliveries through the hub (p1 and p2 link to nothing else yet).
+        for name, to in (("page -> Python", py1.id.hex()), ("page -> page", id2)):
+            first, *then = await p1.evaluate(DELIVERS, {"to": to, "n": args.delivers})
+            results.setdefault(f"deliver {name}, first", []).append(first)
+            results.setdefault(f"deliver {name}, then", []).append(statistics.median(then))
         results["WebRTC page -> aiortc"].append(await p1.evaluate(CONNECT, py1.id.hex()))
         t = time.perf_counter()
         await py2.connect(id1, timeout=20)
@@ -95,6 +196,10 @@ async def round_(browser: Any, base: str, results: dict[str, list[float]]) -> No
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--runs", type=int, default=20, help="handshakes per page (and batches of 50 seals)"
+    )
+    parser.add_argument("--delivers", type=int, default=20, help="deliveries after the first")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
     from playwright.async_api import async_playwright
@@ -112,15 +217,22 @@ async def main() -> None:
         browser = await pw.chromium.launch(executable_path=args.chromium, args=FLAGS)
         try:
             for _ in range(args.rounds):
-                await round_(browser, base, results)
+                await round_(browser, base, results, args)
         finally:
             await browser.close()
     print(f"{args.rounds} rounds, headless Chromium, everything on 127.0.0.1 (ms):")
     for name, values in results.items():
         print(
-            f"  {name:<24} median {statistics.median(values):7.1f}   "
-            f"min {min(values):7.1f}   max {max(values):7.1f}   (n={len(values)})"
+            f"  {name:<40} median {statistics.median(values):8.2f}   "
+            f"min {min(values):8.2f}   max {max(values):8.2f}   (n={len(values)})"
         )
+    print("The same session figures in this CPython (ms, median of one run):")
+    for pure in (True, False):
+        if not pure and not noise.HAVE_CRYPTOGRAPHY:
+            continue
+        backend = "pure Python" if pure else "cryptography"
+        for name, ms in session_cost_here(args.runs, pure).items():
+            print(f"  {backend + ': ' + name:<40} {ms:8.3f}")
 
 
 if __name__ == "__main__":

@@ -68,6 +68,22 @@ def original_bundle() -> Path:
     return bundle
 
 
+@pytest.fixture(scope="session")
+def web_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our web build (``peer_relay.browser.build``), made once per session, for the Pyodide
+    tests; skipped (failed where they are required) when it cannot be made."""
+    from peer_relay.browser.build import build
+
+    try:
+        return build(tmp_path_factory.mktemp("web"))
+    except Exception as exc:  # no npm, no network for the first install, ...
+        required = ("PEER_RELAY_REQUIRE_BROWSER", "PEER_RELAY_REQUIRE_ORIGINAL")
+        if any(os.environ.get(name) == "1" for name in required):
+            pytest.fail(f"the browser tests are required: web build unavailable: {exc!r}")
+        pytest.skip(f"web build unavailable: {exc!r}")
+        raise
+
+
 @dataclass(frozen=True)
 class StaticSite:
     url: str

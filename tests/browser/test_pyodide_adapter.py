@@ -22,7 +22,13 @@ import pytest
 from peer_relay.browser import BrowserPeer
 from peer_relay.browser.peer import _RtcLink
 from peer_relay.core import Config, Core
-from peer_relay.events import Delivered, PeerLinked, SendFrame
+from peer_relay.events import (
+    Delivered,
+    PeerLinked,
+    Reply,
+    RequestReceived,
+    SendFrame,
+)
 from peer_relay.identity import Identity
 
 
@@ -136,30 +142,34 @@ def event(**fields: Any) -> Any:
     return types.SimpleNamespace(**fields)
 
 
-async def test_pump_over_a_fake_websocket_to_a_real_core(fake_browser: Timers) -> None:
-    emitted: list[tuple[str, Any]] = []
-    peer = BrowserPeer(
-        emit=lambda name, args: emitted.append((name, json.loads(args))),
-        bootstrap=["ws://server"],
-    )
-    peer.start()
-    [ws] = FakeWebSocket.instances
-    assert ws.url == "ws://server"
-    assert fake_browser.pending, "the core's timer is armed"
+class Linked:
+    """A BrowserPeer on a fake WebSocket to a real core (``server``); :meth:`pump` moves the
+    frames both ways until neither side has more, and returns the server's other events."""
 
-    server_id = Identity.generate()
-    now = time.time()
-    server = Core(server_id, Config(url="ws://server"), rng=random.Random(1), now=now)
-    handle = server.link_accepted(now)
-    ws.readyState = 1
-    ws.onopen(event())  # type: ignore[misc]
+    def __init__(self, fake_browser: Timers) -> None:
+        self.emitted: list[tuple[str, Any]] = []
+        self.peer = BrowserPeer(
+            emit=lambda name, args: self.emitted.append((name, json.loads(args))),
+            bootstrap=["ws://server"],
+        )
+        self.peer.start()
+        [self.ws] = FakeWebSocket.instances
+        assert self.ws.url == "ws://server"
+        assert fake_browser.pending, "the core's timer is armed"
+        self.server_id = Identity.generate()
+        now = time.time()
+        self.server = Core(self.server_id, Config(url="ws://server"), rng=random.Random(1), now=now)
+        self.handle = self.server.link_accepted(now)
+        self.ws.readyState = 1
+        self.ws.onopen(event())  # type: ignore[misc]
 
-    def pump() -> list[Any]:
+    def pump(self) -> list[Any]:
+        ws, server = self.ws, self.server
         out = []
-        for _ in range(10):
+        for _ in range(20):
             frames, ws.sent = ws.sent, []
             for frame in frames:
-                server.frame_received(handle, frame, time.time())
+                server.frame_received(self.handle, frame, time.time())
             moved = bool(frames)
             for ev in server.events():
                 if isinstance(ev, SendFrame):
@@ -170,6 +180,18 @@ async def test_pump_over_a_fake_websocket_to_a_real_core(fake_browser: Timers) -
             if not moved:
                 break
         return out
+
+
+async def test_pump_over_a_fake_websocket_to_a_real_core(fake_browser: Timers) -> None:
+    linked = Linked(fake_browser)
+    peer, server_id, ws, emitted, pump = (
+        linked.peer,
+        linked.server_id,
+        linked.ws,
+        linked.emitted,
+        linked.pump,
+    )
+    server = linked.server
 
     out = pump()
     assert any(isinstance(e, PeerLinked) and e.authenticated for e in out)
@@ -192,6 +214,78 @@ async def test_pump_over_a_fake_websocket_to_a_real_core(fake_browser: Timers) -
     assert json.loads(peer.stats_json())["dropped"]["binary-frame"] == 1
     peer.close()
     assert not fake_browser.pending or all(ms == 0 for ms, _ in fake_browser.pending.values())
+
+
+async def test_deliveries_and_requests_cross_with_their_tokens_as_text(
+    fake_browser: Timers,
+) -> None:
+    linked = Linked(fake_browser)
+    peer, server, emitted, pump = linked.peer, linked.server, linked.emitted, linked.pump
+    server_hex = linked.server_id.id.hex()
+    pump()
+
+    # deliver: the token (64 bits: more than a JavaScript number holds) comes back as text,
+    # and so does the event that ends it. 2**60 from JavaScript was a double: it is sent as
+    # one, not refused as an integer beyond I-JSON's.
+    token = peer.deliver(server_hex, json.dumps({"n": 2**60, "x": [1.5, "é"]}), 5.0)
+    assert isinstance(token, str) and int(token) > 0
+    out = pump()
+    [got] = [e for e in out if isinstance(e, Delivered)]
+    assert got.data["x"] == [1.5, "é"] and float(got.data["n"]) == 2.0**60
+    assert ("delivery", [token, True, ""]) in emitted
+
+    # request from the page: the server's handler answers through its core.
+    token = peer.request(server_hex, '"ping"', 5.0)
+    [asked] = [e for e in pump() if isinstance(e, RequestReceived)]
+    assert (asked.data, asked.sender) == ("ping", peer.id)
+    server.respond(asked.token, {"pong": True}, time.time())
+    pump()
+    [reply] = [args for name, args in emitted if name == "reply"]
+    assert reply[:4] == [token, True, {"pong": True}, ""]
+
+    # requests to the page: answered with a value, an error, and a value that is not I-JSON.
+    answers = {}
+    for value_json, error in (("[1, 2]", None), ("null", "it broke"), ("NaN", None)):
+        ask = server.request(peer.id, {"q": value_json}, time.time(), 5.0)
+        pump()
+        [(_, (req_token, data, sender, hops))] = [e for e in emitted if e[0] == "request"]
+        emitted.clear()
+        assert (data, sender, hops) == ({"q": value_json}, server_hex, 1)
+        assert isinstance(req_token, str)
+        assert peer.respond(req_token, value_json, error) is True
+        assert peer.respond(req_token, value_json, error) is False  # answered already
+        [reply] = [e for e in pump() if isinstance(e, Reply)]
+        assert reply.token == ask
+        answers[value_json] = (reply.ok, reply.value, reply.error, reply.remote)
+    assert answers["[1, 2]"][:2] == (True, [1, 2])
+    assert answers["null"] == (False, None, "it broke", True)
+    ok, _value, why, remote = answers["NaN"]
+    assert (ok, remote) == (False, True)
+    assert why.startswith("the handler's reply cannot be sent: data is not interoperable JSON")
+
+    # Bad calls raise at once, as the asyncio API's do; nothing is sent.
+    for call, kind in (
+        (lambda: peer.deliver("zz", "1", 5.0), ValueError),
+        (lambda: peer.deliver(server_hex, "NaN", 5.0), ValueError),
+        (lambda: peer.request(server_hex, "1", -1), ValueError),
+        (lambda: peer.request(server_hex, "[" * 200 + "]" * 200, 5.0), ValueError),
+    ):
+        with pytest.raises(kind):
+            call()
+    assert linked.ws.sent == []
+
+    # A delivery nobody confirms fails with the core's reason when its time is up.
+    token = peer.deliver("00" * 20, "1", 0.5)
+    for _ in range(3):
+        for tid, (_ms, fn) in list(fake_browser.pending.items()):
+            fake_browser.pending.pop(tid, None)
+            await asyncio.sleep(0.3)
+            fn()
+        pump()
+    [failed] = [e for e in emitted if e[0] == "delivery" and e[1][0] == token]
+    assert failed[1][1] is False and "did not answer" in failed[1][2]
+    peer.close()
+    assert peer.respond(req_token, "1") is False
 
 
 async def test_malformed_remote_signals_are_counted_and_dropped(fake_browser: Timers) -> None:
@@ -254,3 +348,41 @@ async def test_malformed_remote_signals_are_counted_and_dropped(fake_browser: Ti
     link.add_signal({"type": "candidate", "candidate": {"candidate": mdns, "sdpMid": "0"}})
     assert link.dropped["closed"] == 1
     peer.close()
+
+
+SESSION_IN_THE_BUNDLE = """
+import sys
+from peer_relay import noise
+from peer_relay.browser import BrowserPeer
+from peer_relay.identity import Identity
+from peer_relay.sealing import NoiseSuite, x25519_public_from_ed25519
+
+assert noise.backend() == "purecrypto", noise.backend()
+a, b = Identity.generate(), Identity.generate()
+i = NoiseSuite(a.private_bytes()).initiator(b"p", x25519_public_from_ed25519(b.public_key))
+r = NoiseSuite(b.private_bytes()).responder(b"p")
+assert r.read(i.write(b"hello")) == b"hello"
+assert i.read(r.write(b"back")) == b"back"
+(send, _), (_, receive) = i.keys(), r.keys()
+assert receive.open(7, b"ad", send.seal(7, b"ad", b"x" * 100)) == b"x" * 100
+print(sorted(name for name in sys.modules if name.startswith("peer_relay")))
+"""
+
+
+def test_the_bundle_carries_sessions_without_cryptography(tmp_path: Any) -> None:
+    """The web build's zip, alone with the standard library (as in Pyodide: no cryptography,
+    orjson, msgspec or websockets), runs a Noise handshake and seals with its pure Python."""
+    import subprocess
+
+    from peer_relay.browser.build import _write_zip
+
+    bundle = tmp_path / "peer_relay.zip"
+    _write_zip(bundle)
+    script = f"import sys; sys.path.insert(0, {str(bundle)!r})\n" + SESSION_IN_THE_BUNDLE
+    done = subprocess.run(
+        [sys.executable, "-S", "-I", "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(json.loads(done.stdout.replace("'", '"')))
+    for module in ("errors", "sealing", "purecrypto", "noise", "core.sessions", "core.delivery"):
+        assert f"peer_relay.{module}" in loaded

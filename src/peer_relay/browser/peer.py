@@ -16,7 +16,11 @@ for with the browser's own objects, reached through Pyodide's ``js`` module:
 
 The page script talks to it through ``peer-relay.js``; values cross as JSON text, so no Python
 object is held by JavaScript beyond the peer itself. Events go out through one JavaScript
-callback, ``emit(name, json_args)``.
+callback, ``emit(name, json_args)``. The tokens of deliveries and requests are 64-bit integers,
+beyond what a JavaScript number holds exactly, so they cross as decimal text.
+
+Sessions (``send``, ``deliver``, ``request``) are the core's, over :mod:`peer_relay.noise` with
+its pure-Python backend (:mod:`peer_relay.purecrypto`), for the same reason as the signatures.
 
 Keys and signatures use the pure-Python :mod:`peer_relay.ed25519` (``cryptography`` does not
 load offline in Pyodide): about 0.7 ms to sign and 2 ms to verify in Chromium. WebCrypto has
@@ -42,11 +46,20 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..core import Config, Core
-from ..events import ConnectResult, Delivered, PeerLinked, PeerUnlinked
+from ..events import (
+    ConnectResult,
+    Delivered,
+    DeliveryResult,
+    PeerLinked,
+    PeerUnlinked,
+    Reply,
+    RequestReceived,
+)
 from ..host import Pump
 from ..identity import Identity
 from ..ids import parse_id, short
 from ..transports.signals import Candidate, Description, Remote, SignalFilter
+from ..wire import MAX_SAFE_INTEGER
 
 _log = logging.getLogger("peer_relay.browser")
 
@@ -61,6 +74,21 @@ def _js() -> Any:
 
 def _ffi() -> Any:
     return importlib.import_module("pyodide.ffi")
+
+
+def _number(text: str) -> int | float:
+    """A JSON integer from JavaScript: beyond 2**53 it was a double there, and stays one."""
+    value = int(text)
+    return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else float(text)
+
+
+def _loads(text: str) -> Any:
+    """The value of JSON text written by ``peer-relay.js``: numbers as JavaScript meant them
+    (NaN and the infinities too, written as Python reads them, for the core to refuse)."""
+    try:
+        return json.loads(text, parse_int=_number)
+    except RecursionError:
+        raise ValueError("data is nested too deeply") from None
 
 
 def _js_object(value: dict[str, Any]) -> Any:
@@ -361,7 +389,15 @@ class BrowserPeer:
 
     ``emit(name, json_args)`` is called for every event: ``"message"`` with
     ``[data, from_hex, {"verified", "hops"}]``, ``"peer"`` with ``[id_hex, transport]``,
-    ``"peer-closed"`` with ``[id_hex, reason]`` and ``"connect"`` with ``[id_hex, ok, reason]``.
+    ``"peer-closed"`` with ``[id_hex, reason]``, ``"connect"`` with ``[id_hex, ok, reason]``,
+    ``"delivery"`` with ``[token, ok, reason]`` (a :meth:`deliver` ended), ``"reply"`` with
+    ``[token, ok, value, error, remote]`` (a :meth:`request` ended; ``remote``: ``error`` is the
+    handler's) and ``"request"`` with ``[token, data, from_hex, hops]`` (answer it with
+    :meth:`respond`). Tokens are decimal text. The outcome of a call may be emitted before the
+    call returns its token (a delivery to our own id, say).
+
+    Calls raise ``ValueError``/``TypeError``/``RuntimeError`` at once for what the asyncio
+    :class:`~peer_relay.PeerRelay` refuses with the same: a bad id, data or timeout.
     """
 
     def __init__(
@@ -386,6 +422,7 @@ class BrowserPeer:
         for url in self._bootstrap:
             if not url.startswith(("ws://", "wss://")):
                 raise ValueError(f"bootstrap URL must be ws:// or wss://, got {url!r}")
+        options.setdefault("sessions", not allow_unsigned)  # as the asyncio node's default
         self.config = Config(url=None, webrtc=webrtc, require_auth=not allow_unsigned, **options)
         self._core: Core | None = None
         self._pump: Pump | None = None
@@ -411,8 +448,43 @@ class BrowserPeer:
     def send(self, to: str, data_json: str) -> None:
         """Send the JSON value ``data_json`` to peer ``to`` (hex)."""
         core = self._require_core()
-        core.send(parse_id(to), json.loads(data_json), time.time())
+        core.send(parse_id(to), _loads(data_json), time.time())
         self._flush()
+
+    def deliver(self, to: str, data_json: str, timeout: float = 10.0) -> str:
+        """Send the JSON value ``data_json`` to ``to`` through a session, wanting a receipt;
+        return the token of the ``delivery`` event that says how it ended."""
+        core = self._require_core()
+        token = core.deliver(to, _loads(data_json), time.time(), timeout)
+        self._flush()
+        return str(token)
+
+    def request(self, to: str, data_json: str, timeout: float = 10.0) -> str:
+        """Send the JSON value ``data_json`` to the request handler of ``to``; return the
+        token of the ``reply`` event that brings its answer, or why there is none."""
+        core = self._require_core()
+        token = core.request(to, _loads(data_json), time.time(), timeout)
+        self._flush()
+        return str(token)
+
+    def respond(self, token: str, value_json: str, error: str | None = None) -> bool:
+        """Answer the request of a ``request`` event: with the JSON value ``value_json``, or
+        with ``error`` (the requester's ``RemoteError``). A reply that cannot be sent (not
+        I-JSON, too large) goes as an error saying so, as the asyncio node's does. False if
+        it was answered already, or the peer is closed."""
+        core = self._core
+        if core is None or self._destroyed:
+            return False
+        key = int(token)
+        try:
+            value = None if error is not None else _loads(value_json)
+            answered = core.respond(key, value, time.time(), error)
+        except (ValueError, TypeError) as exc:
+            _log.warning("the request handler's reply cannot be sent: %s", exc)
+            why = f"the handler's reply cannot be sent: {exc}"
+            answered = core.respond(key, None, time.time(), why)
+        self._flush()
+        return answered
 
     def connect(self, to: str) -> None:
         """Ask for a direct link; the outcome comes as a ``connect`` event."""
@@ -507,8 +579,11 @@ class BrowserPeer:
             self._timer_id = js.setTimeout(self._timer_proxy, max(0.0, when - time.time()) * 1000)
 
     def _emit(self, name: str, args: list[Any]) -> None:
+        self._emit_text(name, json.dumps(args, ensure_ascii=False))
+
+    def _emit_text(self, name: str, args_json: str) -> None:
         try:
-            self._emit_js(name, json.dumps(args, ensure_ascii=False))
+            self._emit_js(name, args_json)
         except Exception:
             _log.exception("%s listener failed", name)
 
@@ -579,6 +654,28 @@ class _BrowserHost:
 
     def connect_result(self, event: ConnectResult) -> None:
         self._peer._emit("connect", [event.peer_id.hex(), event.ok, event.reason])
+
+    # Tokens cross as text: they are 64-bit, and a JavaScript number holds 53 bits.
+
+    def delivery_result(self, event: DeliveryResult) -> None:
+        self._peer._emit("delivery", [str(event.token), event.ok, event.reason])
+
+    def request_received(self, event: RequestReceived) -> None:
+        sender = event.sender.hex()
+        self._peer._emit("request", [str(event.token), event.data, sender, event.hops])
+
+    def reply(self, event: Reply) -> None:
+        token = str(event.token)
+        try:
+            text = json.dumps(
+                [token, event.ok, event.value, event.error, event.remote], ensure_ascii=False
+            )
+        except (TypeError, ValueError) as exc:
+            # Not JSON (a bug): the caller's Promise still settles, with the reason.
+            _log.error("reply %s cannot be passed to JavaScript: %r", token, exc)
+            why = f"the reply cannot be passed to JavaScript: {exc}"
+            text = json.dumps([token, False, None, why, False])
+        self._peer._emit_text("reply", text)
 
     def _failed(self, handle: int, reason: str, exc: Exception) -> None:
         """A link could not even start: the core hears of it at once (the pump drains)."""

@@ -1,6 +1,6 @@
 // peer-relay for the browser: the Python package, run by Pyodide, as a full peer of the network.
 //
-//   import { PeerRelay } from './peer-relay.js'
+//   import { PeerRelay, DeliveryError, RemoteError } from './peer-relay.js'
 //   const peer = new PeerRelay({ bootstrap: ['ws://127.0.0.1:8001'] })
 //   peer.on('ready', (id) => ...)              // id: 40 hex digits; also peer.id once ready
 //   peer.on('message', (data, from, info) => ...)   // info: { verified, hops }
@@ -12,6 +12,21 @@
 // destroy, on('message'), on('peer')), except that Python loads asynchronously: `peer.id` is set
 // once `peer.ready` resolves, and calls made before then are queued. Ids are hex strings (a
 // Uint8Array is accepted too). Everything loads from the folder this file is served from: no CDN.
+//
+// End-to-end encrypted sessions (Noise IK) carry send(), and, as the Python API's:
+//
+//   await peer.deliver(id, data, { timeout: 10 })   // resolves once the receipt is back,
+//                                                   // else rejects with a DeliveryError
+//   const reply = await peer.request(id, data, { timeout: 10 })   // RemoteError, DeliveryError
+//   peer.on('request', async (data, from, info) => reply)  // the last one set answers; what
+//                                                  // it throws is the caller's RemoteError
+//
+// Timeouts are in seconds. Data is any JSON value; what JSON cannot carry unchanged (NaN, the
+// infinities, undefined, functions, symbols, BigInt, cycles, lone surrogates, nesting past 128
+// levels) makes the call throw at once, as do a bad id or timeout: with the Python API's error
+// and message where it has one (`err.name` 'ValueError', 'TypeError' or 'RuntimeError'). Object
+// members that are undefined are left out, as JSON.stringify does; send(id) with no data sends
+// null. A call made before `ready` returns a Promise that waits for it (errors then reject it).
 
 const BASE = new URL('.', import.meta.url)
 let runtime = null
@@ -36,11 +51,120 @@ export function loadRuntime (base = BASE) {
   return runtime
 }
 
+/** A delivery or request that got no receipt or reply in time; `reason` says why. */
+export class DeliveryError extends Error {
+  constructor (message, reason = message) {
+    super(message)
+    this.name = 'DeliveryError'
+    this.reason = reason
+  }
+}
+
+/** The remote request handler failed; the message is the one it threw. */
+export class RemoteError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = 'RemoteError'
+  }
+}
+
+/** An error named as Python's (ValueError, ...), so that both APIs fail alike. */
+function pythonLike (type, message) {
+  const err = type === 'TypeError' ? new TypeError(message) : new Error(message)
+  err.name = type
+  return err
+}
+
+/** A Python exception raised through Pyodide as itself: its type and one-line message, not the
+ *  traceback that Pyodide puts in the message. Anything else is returned as it is. */
+function fromPython (err) {
+  if (!err || err.constructor?.name !== 'PythonError' || typeof err.type !== 'string') return err
+  const text = String(err.message).trimEnd()
+  const at = Math.max(text.lastIndexOf(`\n${err.type}: `), text.lastIndexOf(`.${err.type}: `))
+  const message = at >= 0 ? text.slice(at + err.type.length + 3) : text.split('\n').pop()
+  return pythonLike(err.type, message)
+}
+
+function callPython (fn) {
+  try {
+    return fn()
+  } catch (err) {
+    throw fromPython(err)
+  }
+}
+
+const MAX_DEPTH = 1000
+
+/**
+ * `value` as JSON text for Python. Stricter than JSON.stringify where that would change the
+ * value silently: undefined, functions and symbols (as the value or in an array), BigInt and
+ * cycles throw; NaN and the infinities are written as Python reads them, so that Python refuses
+ * them with its own error. Members that are undefined, functions or symbols are left out, and
+ * toJSON() is honoured, as JSON.stringify does.
+ */
+function jsonText (value, what = 'data') {
+  const out = []
+  const ancestors = new Set()
+  const fail = (path, why) => {
+    const where = path ? ` (at ${what}${path})` : ''
+    throw pythonLike('ValueError', `${what} is not interoperable JSON: ${why}${where}`)
+  }
+  const absent = (v) => v === undefined || typeof v === 'function' || typeof v === 'symbol'
+  const prepare = (v, key) => {
+    if (v !== null && typeof v === 'object') {
+      if (typeof v.toJSON === 'function') v = v.toJSON(key)
+      if (v instanceof Number || v instanceof String || v instanceof Boolean) v = v.valueOf()
+    }
+    return v
+  }
+  const write = (v, path, depth) => {
+    switch (typeof v) {
+      case 'string': out.push(JSON.stringify(v)); return
+      case 'boolean': out.push(v ? 'true' : 'false'); return
+      case 'number': out.push(Number.isFinite(v) ? JSON.stringify(v) : String(v)); return
+      case 'object': if (v === null) { out.push('null'); return } break
+      default: fail(path, `unsupported type: ${typeof v}`)
+    }
+    if (depth >= MAX_DEPTH) throw pythonLike('ValueError', `${what} is nested too deeply`)
+    if (ancestors.has(v)) fail(path, 'it contains a cycle')
+    ancestors.add(v)
+    if (Array.isArray(v)) {
+      out.push('[')
+      for (let i = 0; i < v.length; i++) {
+        if (i) out.push(',')
+        write(prepare(v[i], String(i)), `${path}[${i}]`, depth + 1)
+      }
+      out.push(']')
+    } else {
+      out.push('{')
+      let first = true
+      for (const key of Object.keys(v)) {
+        const item = prepare(v[key], key)
+        if (absent(item)) continue
+        if (!first) out.push(',')
+        first = false
+        out.push(JSON.stringify(key), ':')
+        write(item, `${path}[${JSON.stringify(key)}]`, depth + 1)
+      }
+      out.push('}')
+    }
+    ancestors.delete(v)
+  }
+  write(prepare(value, ''), '', 0)
+  return out.join('')
+}
+
+function errorText (err) {
+  if (err instanceof Error) return err.message || err.name
+  return String(err)
+}
+
 function hexId (id) {
   if (typeof id === 'string') return id.toLowerCase()
   if (id instanceof Uint8Array) return Array.from(id, (b) => b.toString(16).padStart(2, '0')).join('')
   if (id && id.type === 'Buffer' && Array.isArray(id.data)) return hexId(Uint8Array.from(id.data))
-  throw new TypeError('a peer id is 40 hex digits or 20 bytes')
+  const kind = id === null ? 'null' : typeof id
+  throw new TypeError(`a peer id is 40 hex digits or 20 bytes, not ${kind}`)
 }
 
 export class PeerRelay {
@@ -49,6 +173,8 @@ export class PeerRelay {
     this.destroyed = false
     this._listeners = new Map()
     this._connects = new Map()
+    this._waiting = new Map() // token (decimal text) -> { resolve, reject }
+    this._early = new Map() // outcomes that came before their call returned its token
     this._py = null
     this.ready = this._start(opts)
     this.ready.catch((err) => this._fire('error', err))
@@ -78,14 +204,98 @@ export class PeerRelay {
 
   _fromPython (name, argsJson) {
     const args = JSON.parse(argsJson)
-    if (name === 'connect') {
-      const [id, ok, reason] = args
-      const waiters = this._connects.get(id) || []
-      this._connects.delete(id)
-      for (const w of waiters) ok ? w.resolve() : w.reject(new Error(`connect failed: ${reason}`))
-      return
+    switch (name) {
+      case 'connect': {
+        const [id, ok, reason] = args
+        const waiters = this._connects.get(id) || []
+        this._connects.delete(id)
+        for (const w of waiters) ok ? w.resolve() : w.reject(new Error(`connect failed: ${reason}`))
+        return
+      }
+      case 'delivery': {
+        const [token, ok, reason] = args
+        const err = ok ? null : new DeliveryError(`not delivered: ${reason}`, reason)
+        this._settle(token, ok, undefined, err)
+        return
+      }
+      case 'reply': {
+        const [token, ok, value, error, remote] = args
+        const err = ok
+          ? null
+          : remote ? new RemoteError(error) : new DeliveryError(`no reply: ${error}`, error)
+        this._settle(token, ok, value, err)
+        return
+      }
+      case 'request': {
+        // Answered on a later turn: the handler never runs inside the Python call that got it.
+        const [token, data, from, hops] = args
+        queueMicrotask(() => this._answer(token, data, from, { hops }))
+        return
+      }
     }
     this._fire(name, ...args)
+  }
+
+  _settle (token, ok, value, error) {
+    const waiter = this._waiting.get(token)
+    if (!waiter) {
+      this._early.set(token, { ok, value, error })
+      return
+    }
+    this._waiting.delete(token)
+    ok ? waiter.resolve(value) : waiter.reject(error)
+  }
+
+  async _answer (token, data, from, info) {
+    const handlers = this._listeners.get('request') || []
+    const handler = handlers[handlers.length - 1]
+    let value = null
+    let error = handler ? null : `no request handler at ${this.id.slice(0, 8)}`
+    if (handler) {
+      try {
+        value = await handler(data, from, info)
+      } catch (err) {
+        error = errorText(err)
+      }
+    }
+    let text = 'null'
+    if (error === null) {
+      try {
+        text = jsonText(value === undefined ? null : value)
+      } catch (err) {
+        error = `the handler's reply cannot be sent: ${err.message}`
+      }
+    }
+    try {
+      // (JavaScript's null reaches Python as JsNull, not None: no error is no argument.)
+      const args = error === null ? [token, text] : [token, text, error]
+      if (this._py) callPython(() => this._py.respond(...args))
+    } catch (err) {
+      console.error('peer-relay: a reply could not be sent', err)
+    }
+  }
+
+  /** Start a delivery or request in Python; a Promise of its outcome. */
+  _session (method, id, data, opts) {
+    const to = hexId(id)
+    const text = jsonText(data)
+    if (opts !== undefined && (opts === null || typeof opts !== 'object')) {
+      throw new TypeError(`the options are an object such as { timeout: 10 }, not ${opts}`)
+    }
+    const timeout = opts?.timeout ?? 10
+    if (typeof timeout !== 'number') {
+      const why = `timeout must be a positive number of seconds, not ${typeof timeout}`
+      throw pythonLike('ValueError', why)
+    }
+    if (!this._py) {
+      if (this.destroyed) throw pythonLike('RuntimeError', 'this peer has been destroyed')
+      return this.ready.then(() => this._session(method, to, data, { timeout }))
+    }
+    const token = callPython(() => this._py[method](to, text, timeout))
+    const early = this._early.get(token)
+    this._early.clear()
+    if (early) return early.ok ? Promise.resolve(early.value) : Promise.reject(early.error)
+    return new Promise((resolve, reject) => this._waiting.set(token, { resolve, reject }))
   }
 
   _fire (name, ...args) {
@@ -108,33 +318,57 @@ export class PeerRelay {
   }
 
   once (name, fn) {
-    const wrapper = (...args) => { this.off(name, wrapper); fn(...args) }
+    const wrapper = (...args) => { this.off(name, wrapper); return fn(...args) } // (a reply)
     return this.on(name, wrapper)
   }
 
   /** Send `data` (any JSON value) to the peer `id`. */
   send (id, data) {
     const to = hexId(id)
-    const text = JSON.stringify(data === undefined ? null : data)
-    if (this._py) this._py.send(to, text)
-    else if (!this.destroyed) this.ready.then(() => this._py && this._py.send(to, text))
+    const text = jsonText(data === undefined ? null : data)
+    if (this._py) {
+      callPython(() => this._py.send(to, text))
+    } else if (!this.destroyed) {
+      this.ready
+        .then(() => this._py && callPython(() => this._py.send(to, text)))
+        .catch((err) => this._fire('error', err))
+    }
+  }
+
+  /** Send `data` to `id` end to end encrypted; resolves once `id` confirmed its receipt,
+   *  rejects with a DeliveryError when no receipt came within `timeout` seconds (default 10). */
+  deliver (id, data, opts) {
+    return this._session('deliver', id, data, opts)
+  }
+
+  /** Send `data` to the request handler of `id`; resolves to its reply, rejects with a
+   *  RemoteError (the handler failed) or a DeliveryError (no reply within `timeout` seconds). */
+  request (id, data, opts) {
+    return this._session('request', id, data, opts)
   }
 
   /** Form a direct link to `id` (WebRTC, or WebSocket if it listens); resolves once open. */
   async connect (id, cb) {
     const to = hexId(id)
     await this.ready
-    const done = new Promise((resolve, reject) => {
-      if (!this._connects.has(to)) this._connects.set(to, [])
-      this._connects.get(to).push({ resolve, reject })
-    })
-    this._py.connect(to)
+    let waiter
+    const done = new Promise((resolve, reject) => { waiter = { resolve, reject } })
+    if (!this._connects.has(to)) this._connects.set(to, [])
+    this._connects.get(to).push(waiter)
+    try {
+      callPython(() => this._py.connect(to))
+    } catch (err) {
+      const left = (this._connects.get(to) || []).filter((w) => w !== waiter)
+      left.length ? this._connects.set(to, left) : this._connects.delete(to)
+      throw err
+    }
     if (cb) done.then(() => cb(null), cb)
     return done
   }
 
   disconnect (id) {
-    return this._py ? this._py.disconnect(hexId(id)) : false
+    const to = hexId(id)
+    return this._py ? callPython(() => this._py.disconnect(to)) : false
   }
 
   /** `[{id, transport}]` of the open direct links. */
@@ -155,6 +389,9 @@ export class PeerRelay {
         py.close() // the Python peer's close(); then release the proxy itself
         py.destroy()
       }
+      const gone = new DeliveryError('this peer was destroyed before an answer came')
+      for (const waiter of this._waiting.values()) waiter.reject(gone)
+      this._waiting.clear()
     }
     if (cb) setTimeout(cb, 0)
   }

@@ -1,4 +1,4 @@
-"""The ``peer-relay`` command: serve, listen, send, id, demo and simulate."""
+"""The ``peer-relay`` command: serve, listen, send, request, id, demo and simulate."""
 
 from __future__ import annotations
 
@@ -7,24 +7,98 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import random
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
-from . import __version__
+from . import __version__, wire
+from .errors import DeliveryError, RemoteError
 from .identity import Identity
 from .ids import parse_id
 from .node import PeerRelay
 
+EXIT_OK = 0
+EXIT_FAILED = 1
+"""Not delivered, no reply, not sent (``--no-wait``), or any other failure at run time."""
+EXIT_USAGE = 2
+"""Bad arguments: reported at once, before joining the network (argparse's convention)."""
+EXIT_REMOTE = 3
+"""``request``: the remote request handler failed, or the remote has none."""
+EXIT_INTERRUPTED = 130
 
-def _add_peer_options(parser: argparse.ArgumentParser, *, server: bool) -> None:
+_SEND_EPILOG = """\
+exit status:
+  0  delivered: the destination's authenticated receipt came back
+     (with --no-wait: the message left this peer; nothing is confirmed)
+  1  not delivered within --timeout: could not join the network, or the
+     destination did not answer (offline, unreachable, no such id); the
+     reason is on stderr
+  2  bad arguments (malformed id, JSON that does not parse, --timeout not > 0)
+"""
+
+_REQUEST_EPILOG = """\
+exit status:
+  0  the reply came back; it is printed on stdout as one JSON line
+  1  no reply within --timeout: could not join the network, or the
+     destination did not answer (offline, unreachable, no such id)
+  2  bad arguments (malformed id, JSON that does not parse, --timeout not > 0)
+  3  remote error: the destination's request handler failed, or it has
+     none (it runs no 'peer-relay listen --echo'); its message is on stderr
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: what was wrong, and where to read more."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _peer_id_arg(text: str) -> bytes:
+    try:
+        return parse_id(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _json_arg(text: str) -> Any:
+    def no_constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(text, parse_constant=no_constant)
+    except ValueError as exc:  # json.JSONDecodeError is one
+        raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+    try:
+        wire.canonical(value)  # what every peer can carry: I-JSON, not nested too deeply
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return value
+
+
+def _timeout_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def _add_peer_options(
+    parser: argparse.ArgumentParser, *, server: bool, bootstrap_required: bool = False
+) -> None:
     parser.add_argument(
         "--bootstrap",
         action="append",
         default=[],
+        required=bootstrap_required,
         metavar="URL",
         help="WebSocket URL of a peer already in the network (repeatable)",
     )
@@ -104,6 +178,8 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _listen(args: argparse.Namespace) -> int:
     peer = _peer_from_args(args, server=False)
+    if args.echo:
+        peer.on("request", _echo)
     async with peer:
         print(f"listening as {peer.id.hex()}", file=sys.stderr, flush=True)
         stop = asyncio.ensure_future(_until_signalled())
@@ -125,24 +201,90 @@ async def _print_messages(peer: PeerRelay) -> None:
         print(json.dumps(line, ensure_ascii=False), flush=True)
 
 
+def _echo(data: Any, sender: bytes) -> Any:
+    """``listen --echo``'s request handler: the reply is what the request carried."""
+    return data
+
+
 async def _send(args: argparse.Namespace) -> int:
-    target = parse_id(args.id)
-    try:
-        data = json.loads(args.json)
-    except json.JSONDecodeError as exc:
-        print(f"peer-relay send: JSON argument is not valid JSON: {exc}", file=sys.stderr)
-        return 2
-    peer = _peer_from_args(args, server=False)
-    async with peer:
+    target: bytes = args.id
+    async with _peer_from_args(args, server=False) as peer:
+        deadline = time.monotonic() + args.timeout
+        why = await _join(peer, args, deadline)
+        if why is not None:
+            return _failed(args, "not sent" if args.no_wait else "not delivered", why)
+        if args.no_wait:
+            peer.send(target, args.json)
+            why = await _handed_over(peer, target, deadline)
+            if why is not None:
+                return _failed(args, "not sent", why)
+            await peer.drain(0)
+            print(f"sent to {target.hex()} (--no-wait: not confirmed)", file=sys.stderr)
+            return EXIT_OK
         try:
-            await peer.wait_for_peers(1, timeout=args.timeout)
-        except TimeoutError:
-            print("peer-relay send: could not join the network", file=sys.stderr)
-            return 1
-        peer.send(target, data)
-        await peer.drain(0)
-    print(f"sent to {target.hex()}", file=sys.stderr)
-    return 0
+            await peer.deliver(target, args.json, timeout=_remaining(deadline))
+        except DeliveryError as exc:
+            return _failed(args, "not delivered", exc)
+    print(f"delivered to {target.hex()}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _request(args: argparse.Namespace) -> int:
+    async with _peer_from_args(args, server=False) as peer:
+        deadline = time.monotonic() + args.timeout
+        why = await _join(peer, args, deadline)
+        if why is not None:
+            return _failed(args, "no reply", why)
+        try:
+            reply = await peer.request(args.id, args.json, timeout=_remaining(deadline))
+        except RemoteError as exc:
+            return _failed(args, "remote error", exc, EXIT_REMOTE)
+        except DeliveryError as exc:
+            return _failed(args, "no reply", exc)
+    print(json.dumps(reply, ensure_ascii=False), flush=True)
+    return EXIT_OK
+
+
+def _remaining(deadline: float) -> float:
+    """Seconds left of ``--timeout`` (a little at least: joining may overrun it slightly)."""
+    return max(deadline - time.monotonic(), 0.05)
+
+
+async def _join(peer: PeerRelay, args: argparse.Namespace, deadline: float) -> str | None:
+    """Wait for a first link; None once there is one, else why there is none."""
+    try:
+        await peer.wait_for_peers(1, timeout=deadline - time.monotonic())
+    except TimeoutError:
+        urls = ", ".join(args.bootstrap)
+        return f"could not join the network: no link to {urls} within {args.timeout:g}s"
+    return None
+
+
+async def _handed_over(peer: PeerRelay, target: bytes, deadline: float) -> str | None:
+    """Wait until what ``send`` queued for ``target`` has left this peer: a message waits
+    for a session, whose handshake it then rides in (one round trip for the destination's key
+    first), and would be lost if the command exited before. None once it left, else why not."""
+    if target == peer.id or not peer.config.sessions:
+        return None  # delivered here, or sent at once without a session
+    target_hex = target.hex()
+    while time.monotonic() < deadline:
+        state = next((s for s in peer.inspect()["sessions"] if s["peer"] == target_hex), None)
+        if state is not None and state["queued"] == 0 and (state["opening"] or state["sessions"]):
+            return None
+        await asyncio.sleep(0.01)
+    return f"no session with {target_hex[:8]} within the timeout (offline or unreachable)"
+
+
+def _failed(
+    args: argparse.Namespace, what: str, why: str | BaseException, status: int = EXIT_FAILED
+) -> int:
+    """Report a failure in one line on stderr (with the traceback too under ``-v``)."""
+    if isinstance(why, BaseException) and args.verbose:
+        traceback.print_exception(why, file=sys.stderr)
+    text = str(why) or type(why).__name__
+    text = text.removeprefix(f"{what}: ").replace("\n", " ")
+    print(f"peer-relay {args.command}: {what}: {text}", file=sys.stderr, flush=True)
+    return status
 
 
 def _id(args: argparse.Namespace) -> int:
@@ -246,7 +388,7 @@ async def _demo_messages(nodes: list[PeerRelay], count: int, rng: random.Random)
         all_hops.append(hops)
         print(
             f"  #{seq:<3} {route}  arrived in {elapsed * 1000:6.2f} ms over {hops} hops, "
-            f"{'signature verified' if verified else 'UNVERIFIED'}"
+            f"{'sender verified' if verified else 'UNVERIFIED'}"
         )
     for task in readers:
         task.cancel()
@@ -261,9 +403,23 @@ async def _demo_messages(nodes: list[PeerRelay], count: int, rng: random.Random)
 # ----------------------------------------------------------------------------- entry
 
 
+def _add_target_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "id", metavar="ID", type=_peer_id_arg, help="target peer id (40 hex digits)"
+    )
+    parser.add_argument("json", metavar="JSON", type=_json_arg, help="the message, as JSON")
+    parser.add_argument(
+        "--timeout",
+        type=_timeout_arg,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds to wait in all, joining the network included (default 10)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``peer-relay`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="peer-relay",
         description="Deliver messages to peers named only by their id, through a relay network.",
     )
@@ -275,12 +431,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     listen = sub.add_parser("listen", help="print each message received as a JSON line")
     _add_peer_options(listen, server=False)
+    listen.add_argument(
+        "--echo",
+        action="store_true",
+        help="answer each request with what it carried (without it, requests get an error)",
+    )
 
-    send = sub.add_parser("send", help="deliver one message and exit")
-    _add_peer_options(send, server=False)
-    send.add_argument("id", help="target peer id (40 hex digits)")
-    send.add_argument("json", help="the message, as JSON")
-    send.add_argument("--timeout", type=float, default=10.0, help="seconds to join (default 10)")
+    send = sub.add_parser(
+        "send",
+        help="deliver one message, wait for its receipt and exit",
+        description="Deliver one message, end to end encrypted, and wait for the\n"
+        "destination's receipt.",
+        epilog=_SEND_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_peer_options(send, server=False, bootstrap_required=True)
+    _add_target_options(send)
+    send.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="fire and forget: exit once the message has left this peer, without a receipt",
+    )
+
+    request = sub.add_parser(
+        "request",
+        help="send a request, print the reply as a JSON line and exit",
+        description="Send a request to a peer's request handler (see 'peer-relay listen\n"
+        "--echo') and print its reply on stdout as one JSON line.",
+        epilog=_REQUEST_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_peer_options(request, server=False, bootstrap_required=True)
+    _add_target_options(request)
 
     ident = sub.add_parser("id", help="print the id of an identity file (creating it)")
     ident.add_argument("--identity", metavar="FILE", help="key file (created, mode 0600)")
@@ -318,14 +500,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _setup_logging(0, logging.ERROR)
         return asyncio.run(_demo(args))
     _setup_logging(args.verbose, logging.INFO if args.command == "serve" else logging.WARNING)
-    runners = {"serve": _serve, "listen": _listen, "send": _send}
+    runners = {"serve": _serve, "listen": _listen, "send": _send, "request": _request}
     try:
         return asyncio.run(runners[args.command](args))
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except (ValueError, TypeError) as exc:
+        # Arguments only the peer can judge (a bootstrap URL, a port, a message too large).
+        if args.verbose:
+            traceback.print_exc()
         print(f"peer-relay {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except Exception as exc:
+        return _failed(args, "failed", exc)
 
 
 if __name__ == "__main__":

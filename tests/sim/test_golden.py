@@ -60,7 +60,7 @@ RUNS: dict[str, tuple[SimParams, str]] = {
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "c2661fb635b6f2fccd81482807d312ddf572d539e8d0dcd8826c1c8ad4ac2d5b",
+        "b9ffbcc6c640326bf53f2cdb3ac810061263686208ed2a1c1e7537117f439790",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),

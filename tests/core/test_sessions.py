@@ -446,3 +446,25 @@ def test_closing_fails_what_waits_for_a_receipt() -> None:
     assert net.of("alice", Reply) == [
         Reply(asked, False, None, "this peer was destroyed before an answer came", False)
     ]
+
+
+def test_replies_to_a_requester_that_never_confirms_stay_bounded() -> None:
+    """Replies wait for their receipts within ``max_requests`` (more go out once, unkept), and
+    never take the slots of our own deliveries."""
+    net = line(max_requests=3)
+    alice, bob = net.cores["alice"], net.cores["bob"]
+    alice.send(bob.id, "a session first", net.now)
+    net.run(0.5)
+    net.tamper = lambda a, b, frame: None if b == "alice" else frame  # no reply gets back
+    for i in range(6):
+        alice.request(bob.id, i, net.now, timeout=60)
+    net.run(0.5)
+    asked = net.of("bob", RequestReceived)
+    assert len(asked) == 3  # the other three were answered "busy", and those answers kept
+    for request in asked:
+        bob.respond(request.token, "answer", net.now)
+    net.run(0.5)
+    assert bob.bounds()["deliveries"][0] == 3
+    assert bob.stats.dropped["reply-not-kept"] == 3
+    bob.deliver(alice.id, "ours", net.now, timeout=5)
+    assert bob.bounds()["deliveries"][0] == 4

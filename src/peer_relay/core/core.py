@@ -535,7 +535,9 @@ class Core:
         self._sessions.withdraw(to_hex, inner, now)
 
     def _send_reset(self, peer_hex: str, sid: int, now: float) -> None:
-        if self._ctx.config.sign:
+        # A reset costs a signature, and anyone can name a session we do not know under any
+        # id: resets share the budget of answered requests (``control_rate``).
+        if self._ctx.config.sign and self._budgets.overall.take(now):
             self._router.originate(peer_hex, wire.SESSION_RESET, sid, now)
 
     def _on_reset(self, msg: Received, now: float) -> None:

@@ -104,6 +104,9 @@ class Delivery:
         self.requests: dict[int, tuple[str, int]] = {}
         """Requests given to the application and not answered yet: token -> (sender, id)."""
         self._next_token = 1
+        self._replies = 0
+        """Replies among ``outgoing``: they have their own bound (``max_requests``), so that
+        the requests of remote peers never hold the slots of our own deliveries."""
 
     # ------------------------------------------------------------------ from the application
 
@@ -114,9 +117,10 @@ class Delivery:
     def start(self, to_hex: str, kind: int, body: bytes, now: float, timeout: float) -> int:
         """Send a message that wants a receipt (``DELIVER``, ``REQUEST``); its token."""
         ctx = self.ctx
-        if len(self.outgoing) >= ctx.config.max_deliveries:
+        ours = len(self.outgoing) - self._replies
+        if ours >= ctx.config.max_deliveries:
             raise RuntimeError(
-                f"{len(self.outgoing)} deliveries and requests are already waiting for their "
+                f"{ours} deliveries and requests are already waiting for their "
                 "receipt (max_deliveries): wait for some to finish, or raise the limit"
             )
         msg_id = self.new_id()
@@ -147,12 +151,26 @@ class Delivery:
         kind, body = (REPLY, value) if error is None else (FAULT, error.encode())
         assert body is not None
         msg_id = self.new_id()
-        ttl = self.ctx.config.seen_ttl / 2
+        cfg = self.ctx.config
         frame = inner(kind, msg_id, ref, body)
-        out = Outgoing(sender_hex, kind, msg_id, frame, now + ttl, now + ttl)
-        self.outgoing[msg_id] = out
-        self._seal(sender_hex, out.frame, now, (), False)
+        if self._replies >= cfg.max_requests:
+            # As many replies wait for their receipts as requests may wait for the handler
+            # (a requester that never confirms must not grow this): sent once, not kept.
+            self.ctx.drop("reply-not-kept", sender_hex)
+            self._seal(sender_hex, frame, now, (), False)
+            return True
+        ttl = cfg.seen_ttl / 2
+        self.outgoing[msg_id] = Outgoing(sender_hex, kind, msg_id, frame, now + ttl, now + ttl)
+        self._replies += 1
+        self._seal(sender_hex, frame, now, (), False)
         return True
+
+    def _forget(self, msg_id: int) -> Outgoing:
+        """Take a message out of ``outgoing``."""
+        out = self.outgoing.pop(msg_id)
+        if out.kind in (REPLY, FAULT):
+            self._replies -= 1
+        return out
 
     def ask_self(self, body: Any, now: float, timeout: float) -> int:
         """A request to our own id: handed to our own handler, its reply comes straight back."""
@@ -281,7 +299,7 @@ class Delivery:
             out.acked = True
             out.due = float("inf")
             return
-        del self.outgoing[ref]
+        self._forget(ref)
         if out.kind == DELIVER:
             self.ctx.events.append(DeliveryResult(ref, True, ""))
 
@@ -292,7 +310,7 @@ class Delivery:
         if out is None or out.kind != REQUEST or (sender_hex and out.to_hex != sender_hex):
             self.ctx.drop("stale-reply", sender_hex or "")
             return
-        del self.outgoing[ref]
+        self._forget(ref)
         self.ctx.events.append(Reply(ref, error is None, value, error or "", remote=True))
 
     # ------------------------------------------------------------------ time
@@ -318,7 +336,7 @@ class Delivery:
         self.seen.expire(now)
         for msg_id, out in list(self.outgoing.items()):
             if out.deadline <= now:
-                del self.outgoing[msg_id]
+                self._forget(msg_id)
                 self._give_up(out, now)
             elif out.due <= now:
                 out.due = float("inf")
@@ -378,6 +396,7 @@ class Delivery:
                     )
                 )
         self.outgoing.clear()
+        self._replies = 0
         self.requests.clear()
 
     def next_due(self) -> float | None:

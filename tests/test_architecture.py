@@ -161,6 +161,9 @@ PRIVATE_ACCESS_ALLOWED: dict[tuple[str, str], str] = {
         "then): nothing public names a message's key"
     ),
     ("tests/test_auth.py", "core._inbox"): "(the same)",
+    ("tests/test_ice_settings.py", "peer._webrtc_adapter"): (
+        "the test reads the settings aiortc is given (TURN credentials), which nothing public shows"
+    ),
     ("tests/transports/test_webrtc_link.py", "webrtc._scoped_get_host_addresses"): (
         "the test checks that webrtc.py's scoped patch of aioice's address lookup is undone"
     ),

@@ -12,7 +12,6 @@ import contextlib
 import inspect
 import logging
 import random
-import socket
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -23,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from websockets.asyncio.server import Server, ServerConnection
 from websockets.http11 import Request, Response
 
+from . import addresses
+from .addresses import AddressLearner
 from .core import Config, Core
 from .errors import DeliveryError, RemoteError
 from .events import (
@@ -37,6 +38,7 @@ from .events import (
 from .host import Pump, source_of
 from .identity import Identity
 from .ids import parse_id, short
+from .transports.signals import check_ice_servers
 from .transports.websocket import WsLink, WsOptions, dial, listen
 from .wire import is_ws_url
 
@@ -119,6 +121,8 @@ class PeerRelay:
         allow_unsigned: bool = False,
         wrtc: bool = False,
         ice_servers: Iterable[str] = (),
+        ice_username: str | None = None,
+        ice_credential: str | None = None,
         ice_host_addresses: Iterable[str] | None = None,
         ping_interval: float | None = 20.0,
         ping_timeout: float | None = 20.0,
@@ -155,8 +159,11 @@ class PeerRelay:
             accept_timeout=self._config.hello_timeout,
         )
         self._wrtc = wrtc
-        self._ice_servers = tuple(ice_servers)
+        self._ice_servers = check_ice_servers(ice_servers, ice_username, ice_credential)
+        self._ice_username = ice_username
+        self._ice_credential = ice_credential
         self._ice_host_addresses = None if ice_host_addresses is None else tuple(ice_host_addresses)
+        self._learner: AddressLearner | None = None
         self._rtc: RtcAdapter | None = None
         self._max_inbox = max_inbox
         self._core: Core | None = None
@@ -205,7 +212,7 @@ class PeerRelay:
             self._server = await listen(
                 self._accept, self._host, self._port, self._ws_options, self._screen
             )
-            self.url = self._public_url or _advertised_url(self._server, self._host)
+            self.url = self._public_url or self._choose_url(self._server)
         else:
             self.url = self._public_url
         self._core = Core(
@@ -220,6 +227,29 @@ class PeerRelay:
         self._core.bootstrap(self._bootstrap, time.time())
         self._flush()
         _log.info("peer %s started, url %s", short(self.id), self.url)
+
+    def _choose_url(self, server: Server) -> str:
+        """The URL others should dial: the real bound port, and a real address (see
+        :mod:`peer_relay.addresses`; never a loopback address while another exists)."""
+        port = int(next(iter(server.sockets)).getsockname()[1])
+        if self._host not in ("", "0.0.0.0", "::"):
+            return addresses.url_for(self._host, port)
+        learner = AddressLearner(port, addresses.interface_addresses(), ipv6=self._host == "::")
+        self._learner = learner
+        if learner.fallback:
+            _warn_loopback_once(learner.url)
+        return learner.url
+
+    def _heard_address(self, claimed: str | None, reporter: str | None) -> None:
+        """A remote says we are reachable at ``claimed``: adopt it once enough agree, while
+        we advertise a loopback fallback."""
+        learner = self._learner
+        if learner is None or not learner.fallback or self._core is None:
+            return
+        url = learner.heard(claimed, reporter)
+        if url is not None:
+            self.url = url
+            self._core.set_url(url)
 
     async def destroy(self) -> None:
         """Close every link and the server; idempotent; returns once all are closed."""
@@ -303,7 +333,10 @@ class PeerRelay:
         ICE servers its WebRTC links use."""
         if self._core is None:
             return {}
-        return {**self._core.inspect(), "ice_servers": list(self._ice_servers)}
+        readout = {**self._core.inspect(), "ice_servers": list(self._ice_servers)}
+        if self._learner is not None:
+            readout["address"] = self._learner.readout()
+        return readout
 
     @property
     def config(self) -> Config:
@@ -567,6 +600,9 @@ class PeerRelay:
         handshake slot at a time), it costs a socket."""
         core = self._core
         remote = ws.remote_address
+        if self._learner is not None and self._learner.fallback and remote:
+            host = request.headers.get("Host")
+            self._heard_address(addresses.url_from_host_header(host), str(remote[0]))
         if core is None or not remote or core.admits(source_of(str(remote[0]))):
             return None
         self._node_drops["too-many-pending-source"] += 1
@@ -606,6 +642,13 @@ class PeerRelay:
         if self._destroyed or self._core is None:
             await ws.close(1001, "shutting down")
             return
+        if self._learner is not None and self._learner.fallback:
+            remote = ws.remote_address
+            observed = ws.response.headers.get(addresses.OBSERVED_HEADER) if ws.response else None
+            self._heard_address(
+                addresses.url_from_observed(observed, self._learner.port),
+                str(remote[0]) if remote else None,
+            )
         self._core.link_connected(handle, time.time())
         await self._run_link(handle, ws)
 
@@ -645,6 +688,8 @@ class PeerRelay:
 
         config = RTCConfig(
             ice_servers=self._ice_servers,
+            ice_username=self._ice_username,
+            ice_credential=self._ice_credential,
             host_addresses=self._ice_host_addresses,
             open_timeout=self._config.connect_timeout,
             max_frame=self._config.max_frame,
@@ -756,30 +801,19 @@ async def _logged(awaitable: Any, name: str) -> None:
         _log.exception("%s callback failed", name)
 
 
+_loopback_warned = False
+
+
+def _warn_loopback_once(url: str) -> None:
+    global _loopback_warned
+    if not _loopback_warned:
+        _loopback_warned = True
+        _log.warning(
+            "this host has no address but loopback: peers on other hosts cannot dial %s; "
+            "pass public_url (--public-url) with an address they can reach",
+            url,
+        )
+
+
 def _config_dict(config: Config) -> dict[str, Any]:
     return {f.name: getattr(config, f.name) for f in fields(config)}
-
-
-def _advertised_url(server: Server, host: str) -> str:
-    """The URL others should dial: the real bound port, and a real address (never localhost)."""
-    sockname = next(iter(server.sockets)).getsockname()
-    port = sockname[1]
-    address = host
-    if host in ("", "0.0.0.0", "::"):
-        address = _primary_address()
-    if ":" in address:
-        address = f"[{address}]"
-    return f"ws://{address}:{port}"
-
-
-def _primary_address() -> str:
-    """A non-loopback IPv4 address of this host from its own name, else 127.0.0.1."""
-    try:
-        infos = socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
-    except OSError:
-        return "127.0.0.1"
-    for info in infos:
-        address = str(info[4][0])
-        if not address.startswith("127."):
-            return address
-    return "127.0.0.1"

@@ -398,6 +398,28 @@ async def test_bad_calls_throw_at_once_as_in_python(net: Net) -> None:
         py_hex,
     )
     waited, error = outcome
+    # Bad ICE settings: the page's peer fails to start with Python's error, word for word.
+    turn = "turn:10.0.0.1:3478"
+    for options, python in (
+        ("{ iceServers: ['TURN'] }", {"ice_servers": [turn]}),
+        ("{ iceServers: ['http://x'] }", {"ice_servers": ["http://x"]}),
+        (
+            "{ iceServers: ['stun:10.0.0.1'], iceUsername: 'u', iceCredential: 'p' }",
+            {"ice_servers": ["stun:10.0.0.1"], "ice_username": "u", "ice_credential": "p"},
+        ),
+    ):
+        failed = await net.p1.eval(
+            """async (options) => {
+              const { PeerRelay } = await import('/peer-relay.js')
+              const peer = new PeerRelay(eval('(' + options + ')'))
+              peer.on('error', () => {})
+              return await peer.ready.then(() => null, (err) => [err.name, err.message])
+            }""",
+            options.replace("TURN", turn),
+        )
+        with pytest.raises(ValueError) as info:
+            PeerRelay(**python)
+        assert failed == ["ValueError", str(info.value)], options
     assert (waited["ok"], waited["name"]) == (False, "DeliveryError")
     assert waited["message"].endswith("this peer was destroyed before an answer came")
     assert error == ["RuntimeError", "this peer has been destroyed"]

@@ -58,7 +58,13 @@ from ..events import (
 from ..host import Pump
 from ..identity import Identity
 from ..ids import parse_id, short
-from ..transports.signals import Candidate, Description, Remote, SignalFilter
+from ..transports.signals import (
+    Candidate,
+    Description,
+    Remote,
+    SignalFilter,
+    check_ice_servers,
+)
 from ..wire import MAX_SAFE_INTEGER
 
 _log = logging.getLogger("peer_relay.browser")
@@ -203,7 +209,12 @@ class _RtcLink:
         self._pending: list[Candidate] = []
         self.opened = False
         self.dropped: dict[str, int] = {}
-        servers = [{"urls": url} for url in peer.ice_servers]
+        servers: list[dict[str, str]] = []
+        for url in peer.ice_servers:
+            server = {"urls": url}
+            if url.startswith("turn") and peer.ice_username and peer.ice_credential:
+                server.update(username=peer.ice_username, credential=peer.ice_credential)
+            servers.append(server)
         pc = _js().RTCPeerConnection.new(_js_object({"iceServers": servers}))
         self._pc = pc
         pc.onicecandidate = self._handlers(self._on_ice_candidate)
@@ -408,6 +419,8 @@ class BrowserPeer:
         identity: Identity | None = None,
         webrtc: bool = True,
         ice_servers: Iterable[str] = (),
+        ice_username: str | None = None,
+        ice_credential: str | None = None,
         allow_unsigned: bool = False,
         max_link_buffer: int = 16 << 20,
         **options: Any,
@@ -415,7 +428,9 @@ class BrowserPeer:
         self.identity = identity or Identity.generate()
         self.id = self.identity.id
         self.id_hex = self.id.hex()
-        self.ice_servers = tuple(ice_servers)
+        self.ice_servers = check_ice_servers(ice_servers, ice_username, ice_credential)
+        self.ice_username = ice_username
+        self.ice_credential = ice_credential
         self.max_link_buffer = max_link_buffer
         self._emit_js = emit
         self._bootstrap = list(bootstrap)

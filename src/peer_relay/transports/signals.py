@@ -16,9 +16,9 @@ Pure: no aiortc, no asyncio, no I/O (the browser build ships this module to Pyod
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, cast
 
 __all__ = [
     "MAX_CANDIDATE_CHARS",
@@ -251,3 +251,33 @@ class SignalFilter:
         if has_sdp:
             self._described = True
         return tuple(parts)
+
+
+ICE_SCHEMES: Final = ("stun:", "stuns:", "turn:", "turns:")
+
+
+def check_ice_servers(
+    servers: object, username: str | None, credential: str | None
+) -> tuple[str, ...]:
+    """The ICE server URLs of a peer's settings, checked the same in Python and in the page:
+    a list of ``stun:``/``turn:`` URLs, and TURN credentials given together and only with a
+    TURN server. Raises ``TypeError``/``ValueError`` saying what to fix."""
+    if isinstance(servers, (str, bytes)):
+        raise TypeError("ice_servers must be a list of URLs, not one string: wrap it in [...]")
+    try:
+        urls = tuple(cast("Iterable[object]", servers))
+    except TypeError:
+        raise TypeError(f"ice_servers must be a list of URLs, got {servers!r}") from None
+    checked: list[str] = []
+    for url in urls:
+        if type(url) is not str or not url.startswith(ICE_SCHEMES) or len(url) > 512:
+            raise ValueError(f"ICE server URL must start with stun: or turn:, got {url!r}")
+        checked.append(url)
+    if (username is None) != (credential is None):
+        raise ValueError("give ice_username and ice_credential together (TURN credentials)")
+    has_turn = any(url.startswith(("turn:", "turns:")) for url in checked)
+    if username is not None and not has_turn:
+        raise ValueError("ice_username and ice_credential are for a turn: server; none is given")
+    if has_turn and username is None:
+        raise ValueError("a turn: server needs ice_username and ice_credential")
+    return tuple(checked)

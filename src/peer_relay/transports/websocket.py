@@ -20,6 +20,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, WebSocketException
 from websockets.http11 import Request, Response
 
+from ..addresses import OBSERVED_HEADER
+
 _log = logging.getLogger("peer_relay.websocket")
 
 
@@ -174,6 +176,14 @@ async def dial(url: str, options: WsOptions) -> Connection:
     )
 
 
+def _tell_observed(connection: ServerConnection, request: Request, response: Response) -> None:
+    """Tell the dialler the address we see it at (a listening peer behind a loopback-only
+    view of itself learns its address from these; see :mod:`peer_relay.addresses`)."""
+    remote = connection.remote_address
+    if remote and response.status_code == 101:
+        response.headers[OBSERVED_HEADER] = str(remote[0])
+
+
 async def listen(
     handler: Callable[[ServerConnection], Awaitable[None]],
     host: str,
@@ -188,6 +198,7 @@ async def listen(
         host,
         port,
         process_request=screen,
+        process_response=_tell_observed,
         compression=None,
         max_size=options.max_frame,
         ping_interval=options.ping_interval,

@@ -192,9 +192,12 @@ export class PeerRelay {
       allow_unsigned: !!opts.allowUnsigned
     }
     if (opts.maxLinks) kwargs.max_links = opts.maxLinks
+    // TURN credentials (a JS null would reach Python as jsnull, not None: leave them out).
+    if (opts.iceUsername != null) kwargs.ice_username = opts.iceUsername
+    if (opts.iceCredential != null) kwargs.ice_credential = opts.iceCredential
     // Any other limit or policy of the core's Config, by its Python name (refresh_interval, ...).
     for (const [name, value] of Object.entries(opts.options || {})) kwargs[name] = value
-    this._py = BrowserPeer.callKwargs(kwargs)
+    this._py = callPython(() => BrowserPeer.callKwargs(kwargs))
     BrowserPeer.destroy()
     this.id = this._py.id_hex
     this._py.start()

@@ -30,6 +30,7 @@ PARTS = (
     "routing",
     "inbox",
     "connect",
+    "direct",
     "discovery",
     "bootstrap",
     "population",

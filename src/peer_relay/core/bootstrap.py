@@ -173,6 +173,8 @@ class Bootstrap:
         connector = self.connector
         if not self.urls or not self.links.open or connector.attempts:
             return False
-        if len(self.links.open) >= cfg.max_links - cfg.spare_links:
+        # Room for links: fewer than the population fills by itself, and (with a small link
+        # budget, where spare links leave little) no more than our nearest neighbours.
+        if len(self.links.open) >= max(cfg.max_links - cfg.spare_links, cfg.near_count + 1):
             return False
         return not any(connector.dialable(peer_id) for peer_id in connector.candidates)

@@ -114,6 +114,13 @@ class Config:
     """Seconds after which a session in use is replaced by a new handshake (new keys)."""
     session_idle: float = 300.0
     """Seconds after which an unused session is forgotten."""
+    session_resend: float = 10.0
+    """Seconds a sealed message is kept, to be sent again in a new session should its peer turn
+    out to have restarted and lost the old one (0: never)."""
+    session_resend_count: int = 64
+    """Most messages kept so per session."""
+    session_resend_bytes: int = 64 * 1024
+    """Most bytes of messages kept so per session (a larger message is not kept)."""
     initial_rto: float = 1.0
     """Seconds to wait for a receipt before sending again, until round trips are measured."""
     max_deliveries: int = 1024
@@ -122,6 +129,12 @@ class Config:
     """Most requests handed to our handler and not answered yet; more are refused (busy)."""
     bootstrap_retry: float = 5.0
     """First delay before dialling the bootstrap peers again after losing every link."""
+    direct_after: int = 32
+    """A peer we exchange this many messages with through relays, within ``direct_window``,
+    is offered a direct link in the background (WebRTC when both do it, else WebSocket when
+    one listens); the relayed path carries traffic until the link opens. 0: never."""
+    direct_window: float = 30.0
+    """Seconds over which ``direct_after`` counts a peer's relayed messages."""
     strategy: Strategy = "spread"
     """Population policy: ``spread`` (Kademlia-style) or ``original`` (0.0.2's)."""
 

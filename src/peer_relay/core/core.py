@@ -26,6 +26,7 @@ from .confirm import Confirmation
 from .connect import Connector
 from .context import Context, log
 from .delivery import DELIVER, REQUEST, Delivery
+from .direct import DirectPaths
 from .discovery import Discovery
 from .inbox import Inbox, Received
 from .link import DIALING, HELLO, OPEN, Link
@@ -33,7 +34,7 @@ from .links import Links
 from .population import for_strategy
 from .routing import Router
 from .sessions import KEY as SESSION_KEY
-from .sessions import KEY_ASK, Sessions
+from .sessions import KEY_ASK, SEALED, Sessions
 from .sessions import OPEN as SESSION_OPEN
 
 FORGED = frozenset(("bad-handshake", "bad-ciphertext", "key-mismatch", "bad-sealed"))
@@ -88,6 +89,8 @@ class Core:
             ctx, links, router, discovery, connector, bootstrap
         )
         connector.would_link = population.would_link
+        self._direct = direct = DirectPaths(ctx, links, connector)
+        population.busy = direct.busy
         attempts = connector.attempts
         budgets.expected = lambda sender_hex: bytes.fromhex(sender_hex) in attempts
         self._inbox = inbox = Inbox(ctx, verify, budgets, now)
@@ -117,7 +120,7 @@ class Core:
             wire.SESSION_RESET: self._on_reset,
         }
         ctx.next_tick = now + cfg.tick_interval * rng.random()
-        self._next_refresh = now + cfg.refresh_interval * (0.5 + rng.random())
+        self._next_refresh = now + population.interval * (0.5 + rng.random())
 
     # ------------------------------------------------------------------ outputs and timers
 
@@ -164,11 +167,13 @@ class Core:
             else:
                 links.expire(link, now)
         self._connector.timeouts(now)
+        self._direct.expire(now)
         self._sessions.expire(now)
         self._delivery.expire(now)
         self._bootstrap.tick(now)
         if now >= self._next_refresh:
-            self._next_refresh = now + cfg.refresh_interval * (0.75 + 0.5 * ctx.rng.random())
+            jitter = 0.75 + 0.5 * ctx.rng.random()
+            self._next_refresh = now + self._population.interval * jitter
             self._population.refresh(now)
         busy = bool(self._connector.attempts) or links.busy()
         after = now + cfg.tick_interval if busy else self._next_refresh
@@ -191,6 +196,7 @@ class Core:
         out["deliveries"] = (sizes["deliveries"], cfg.max_deliveries)
         out["requests_in"] = (sizes["requests_in"], cfg.max_requests)
         out["delivered_ids"] = (sizes["delivered_ids"], cfg.max_seen)
+        out["direct"] = (len(self._direct.tallies), max(1, cfg.max_sessions))
         return out
 
     def inspect(self) -> dict[str, Any]:
@@ -199,6 +205,8 @@ class Core:
         peers it leaves alone for a while, and the peers it has a WebRTC link with."""
         out = readout.inspect(self._parts())
         out["sessions"] = self._sessions.readout()
+        now_busy = [p.hex() for p, t in self._direct.tallies.entries.items() if t.busy_until]
+        out["direct"] = {"busy": now_busy, "upgrades": self._direct.upgrades}
         return out
 
     def _parts(self) -> readout.Parts:
@@ -246,6 +254,7 @@ class Core:
             self._delivery.send(target.hex(), self._body(data), now)
         else:
             self._router.originate(target.hex(), wire.USER, data, now)
+        self._direct.note(target, now)
 
     def deliver(self, to: object, data: Any, now: float, timeout: float = 10.0) -> int:
         """Send ``data`` to ``to`` through a session and wait for its receipt, sending it again
@@ -259,7 +268,9 @@ class Core:
             self._ctx.events.append(Delivered(data, self.id, True, 0))
             self._ctx.events.append(DeliveryResult(token, True, ""))
             return token
-        return self._delivery.start(target.hex(), DELIVER, body, now, timeout)
+        token = self._delivery.start(target.hex(), DELIVER, body, now, timeout)
+        self._direct.note(target, now)
+        return token
 
     def request(self, to: object, data: Any, now: float, timeout: float = 10.0) -> int:
         """Send a request to ``to``'s handler; a :class:`Reply` with the token returned here
@@ -268,7 +279,9 @@ class Core:
         target, body = self._session_call(to, data, timeout)
         if target == self.id:
             return self._delivery.ask_self(data, now, timeout)
-        return self._delivery.start(target.hex(), REQUEST, body, now, timeout)
+        token = self._delivery.start(target.hex(), REQUEST, body, now, timeout)
+        self._direct.note(target, now)
+        return token
 
     def respond(self, token: int, value: Any, now: float, error: str | None = None) -> bool:
         """Answer the request of a :class:`RequestReceived`: with ``value`` (any I-JSON value),
@@ -516,6 +529,8 @@ class Core:
             budgets.proven(sender, now)
         if reason is not None or kind in (KEY_ASK, SESSION_KEY):
             router.unlearn(sender, before)
+        elif kind in (SESSION_OPEN, SEALED):  # what carries messages, not the handshake's answer
+            self._direct.note(bytes.fromhex(sender), now)
         if reason in FORGED:
             budgets.failed(injected, via, now)
             if own:
@@ -534,18 +549,35 @@ class Core:
     def _withdraw(self, to_hex: str, inner: bytes, now: float) -> None:
         self._sessions.withdraw(to_hex, inner, now)
 
-    def _send_reset(self, peer_hex: str, sid: int, now: float) -> None:
+    def _send_reset(self, peer_hex: str, sid: int, first: int, now: float) -> None:
         # A reset costs a signature, and anyone can name a session we do not know under any
         # id: resets share the budget of answered requests (``control_rate``).
         if self._ctx.config.sign and self._budgets.overall.take(now):
-            self._router.originate(peer_hex, wire.SESSION_RESET, sid, now)
+            first = min(first, wire.MAX_SAFE_INTEGER)
+            payload = [sid, first, self._inbox.started_ms]
+            self._router.originate(peer_hex, wire.SESSION_RESET, payload, now)
 
     def _on_reset(self, msg: Received, now: float) -> None:
-        if msg.verified and type(msg.payload) is int:
-            self._sessions.reset(msg.sender.hex(), msg.payload, now)
+        """A signed ``session-reset``: ``sid``, or ``[sid, first nonce it could not open, when
+        it started (ms)]``."""
+        payload = msg.payload
+        if not msg.verified:
+            return
+        if type(payload) is int:
+            self._sessions.reset(msg.sender.hex(), payload, now)
+        elif (
+            type(payload) is list
+            and len(payload) == 3
+            and all(type(x) is int and x >= 0 for x in payload)
+        ):
+            lost = (payload[1], payload[2] / 1000)
+            self._sessions.reset(msg.sender.hex(), payload[0], now, lost)
+        else:
+            self._ctx.drop("bad-data", "session-reset")
 
     def _on_user(self, msg: Received, now: float) -> None:
         self.stats.delivered += 1
+        self._direct.note(msg.sender, now)
         self._ctx.events.append(Delivered(msg.payload, msg.sender, msg.verified, msg.hops))
 
     def _on_found_peers(self, msg: Received, now: float) -> None:

@@ -11,6 +11,7 @@ discovery. One class per strategy.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from typing import ClassVar
 
 from ..ids import bucket_index
@@ -27,6 +28,9 @@ NEAR_MARGIN = 1
 """Buckets past the farthest near link still counted as our neighbourhood by eviction."""
 QUIET_ROUNDS = 4
 """While the near links stay the same, a lookup round runs every this many refreshes."""
+QUICK_SHARE = 8
+"""While its near links change, a peer refreshes every ``refresh_interval / QUICK_SHARE``
+seconds, and twice as long after each refresh that leaves them as they were."""
 
 
 class Population:
@@ -52,6 +56,16 @@ class Population:
         self.discovery = discovery
         self.connector = connector
         self.bootstrap = bootstrap
+        self.interval = self.first_interval()
+        """Seconds from one refresh to the next (jittered by the core's refresh clock)."""
+        self.busy: Callable[[bytes, float], bool] = lambda peer_id, now: False
+        """Whether a peer carries much of the application's traffic lately (the core wires in
+        :meth:`DirectPaths.busy <peer_relay.core.direct.DirectPaths.busy>`): its link gives
+        way last."""
+
+    def first_interval(self) -> float:
+        """Seconds from the start to the first refresh."""
+        return self.ctx.config.refresh_interval
 
     def populate(self, now: float) -> None:
         """Start connection attempts toward the links the strategy wants."""
@@ -116,6 +130,11 @@ class Spread(Population):
     quiet_rounds = 0
     """Refreshes since they last changed."""
 
+    def first_interval(self) -> float:
+        """A newcomer refreshes soon: peers that joined with it, or just before, know of it
+        only once it asks again (a network started at once links up in a few seconds)."""
+        return self.ctx.config.refresh_interval / QUICK_SHARE
+
     def asks_new_link(self, link: Link) -> bool:
         """On links we dialled (we wanted them) and while we have few: a peer that dialled us
         is mostly a newcomer that knows less than we do."""
@@ -124,7 +143,8 @@ class Spread(Population):
     def refresh(self, now: float) -> None:
         """Repair when cut off (see :class:`Bootstrap`); a lookup round for our neighbourhood
         (only every ``QUIET_ROUNDS`` times while our near links stay the same); a question
-        about one empty bucket; populate."""
+        about one empty bucket; populate. The next refresh comes soon while our near links
+        change, and twice as late each time they stay the same, up to ``refresh_interval``."""
         self.bootstrap.rejoin(now)
         self.bootstrap.reach_out(now)
         open_links = self.links.open
@@ -135,15 +155,21 @@ class Spread(Population):
         count = ctx.config.near_count
         near = heapq.nsmallest(count, open_links, key=lambda link: link.peer_int ^ me)
         signature = tuple(link.peer_id for link in near)
+        interval = ctx.config.refresh_interval
         if signature != self.near_signature:
             self.near_signature = signature
             self.quiet_rounds = 0
+            self.interval = interval / QUICK_SHARE
         else:
             self.quiet_rounds += 1
+            self.interval = min(2 * self.interval, interval)
         if near and self.quiet_rounds % QUIET_ROUNDS == 0:
-            # Ask the nearest link and one more near one; their answers lead to nearer peers,
-            # asked in turn (see Discovery.lookup_step).
-            ask = {near[0], ctx.rng.choice(near)}
+            # Ask the nearest link and one link beyond our neighbourhood; their answers lead
+            # to nearer peers, asked in turn (see Discovery.lookup_step). Peers that joined
+            # at once can form neighbourhoods that know nothing of each other, and a lookup
+            # that starts inside ours never leaves it; one that starts far away can.
+            far = [link for link in open_links if link not in near]
+            ask = {near[0], ctx.rng.choice(far or near)}
             self.discovery.new_round(sorted(ask, key=lambda link: link.peer_int ^ me), now)
         filled = {bucket_index(me, link.peer_int) for link in open_links}
         deepest = min(filled)
@@ -231,9 +257,10 @@ class Spread(Population):
         """The open link to close so that ``newcomer`` fits, or None to refuse the newcomer.
 
         The links to our ``near_count`` nearest neighbours (the newcomer among them, if near) are
-        never closed. Of the others, one past its grace period goes first (young links are a
-        newcomer's lifeline), then the most crowded (its bucket holds the most links, then its
-        half of the bucket does), then the oldest.
+        never closed. Of the others, a link to a busy peer (see :attr:`busy`) goes last; then one
+        past its grace period goes first (young links are a newcomer's lifeline), then the most
+        crowded (its bucket holds the most links, then its half of the bucket does), then the
+        oldest.
 
         Closing a link of our neighbourhood (the buckets up to one past the farthest near link)
         or one alone in its bucket harms a route, and as buckets are symmetric, the peer at the
@@ -269,12 +296,15 @@ class Spread(Population):
             counts[index] = counts.get(index, 0) + 1
             counts[~half] = counts.get(~half, 0) + 1
         best: Link | None = None
-        best_key: tuple[bool, bool, int, int, float] | None = None
+        best_key: tuple[bool, bool, bool, int, int, float] | None = None
+        busy = self.busy
         for link in ranked[protect:]:
             index = (link.peer_int ^ me).bit_length() - 1
             half = 2 * index + half_bit(link.peer_int, index)
+            idle = not busy(link.peer_id, now)
             key = (
-                index >= region and counts[index] >= 2,
+                idle,
+                idle and index >= region and counts[index] >= 2,
                 now - link.opened_at >= cfg.link_grace,
                 counts[index],
                 counts[~half],
@@ -282,7 +312,7 @@ class Spread(Population):
             )
             if best_key is None or key > best_key:
                 best, best_key = link, key
-        return best, best_key is not None and best_key[0], new_near
+        return best, best_key is not None and best_key[1], new_near
 
 
 def half_bit(peer_int: int, index: int) -> int:

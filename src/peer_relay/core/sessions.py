@@ -19,8 +19,12 @@ window of ``WINDOW`` nonces. A session is replaced by a new handshake after ``se
 seconds (forward secrecy moves on), forgotten after ``session_idle`` idle seconds, and at most
 ``max_sessions`` peers have session state (least recently used go first). A peer that gets a
 message for a session it does not know (it restarted) says so in a signed ``session-reset``
-message; the sender then starts again. Whatever fails is dropped, counted and reported to the
-owner (which charges the budgets and strikes), never raised.
+message naming the first nonce it could not open and when it started; the sender then starts
+again, and sends again in the new session what it sealed in the old one since that peer started
+(from that nonce on, within ``session_resend`` seconds and the bounds of ``Config``): what no
+incarnation of the peer could read, so a restart loses no recent message and none arrives
+twice (unless the clocks differ by more than the restart took). Whatever fails is dropped,
+counted and reported to the owner (which charges the budgets and strikes), never raised.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..identity import id_for_key, is_weak_key
 from ..ids import short
 from ..sealing import TAG, Aead, Handshake, SealError, Suite, x25519_public_from_ed25519
 from .bounded import BoundedMap
+from .config import Config
 from .context import Context, log
 
 KEY_ASK = 1
@@ -84,6 +89,32 @@ class Session:
     initiator's first sealed message shows it arrived."""
     opener: bytes = b""
     """The initiator's ephemeral key (responder): tells a repeated OPEN from a new one."""
+    kept: deque[tuple[int, float, bytes]] = field(default_factory=deque)
+    """The latest messages sealed in it (nonce, when, message), to send again after a reset."""
+    kept_bytes: int = 0
+
+    def keep(self, n: int, inner: bytes, now: float, cfg: Config) -> None:
+        """Remember message ``n`` for ``session_resend`` seconds, within the bounds."""
+        kept = self.kept
+        keep_for = cfg.session_resend
+        if keep_for > 0 and len(inner) <= cfg.session_resend_bytes:
+            kept.append((n, now, inner))
+            self.kept_bytes += len(inner)
+        while kept and (
+            len(kept) > cfg.session_resend_count
+            or self.kept_bytes > cfg.session_resend_bytes
+            or kept[0][1] + keep_for < now
+        ):
+            self.kept_bytes -= len(kept.popleft()[2])
+
+    def lost(self, first: int, since: float, now: float, keep_for: float) -> list[bytes]:
+        """The kept messages of nonce ``first`` or later sealed at ``since`` or later, less
+        than ``keep_for`` seconds ago."""
+        return [
+            inner
+            for n, when, inner in self.kept
+            if n >= first and when >= since and when + keep_for >= now
+        ]
 
 
 @dataclass(slots=True)
@@ -128,7 +159,7 @@ class Sessions:
         delivered: Callable[[str, bytes, int, float], None],
         sent: Callable[[str, bytes, str | None, float], None],
         failed: Callable[[str, bytes, str, float], None],
-        reset: Callable[[str, int, float], None],
+        reset: Callable[[str, int, int, float], None],
         fresh: Callable[[str, bytes, int, float], str | None],
     ) -> None:
         cfg = ctx.config
@@ -233,6 +264,7 @@ class Sessions:
         session.used = now
         header = _HEADER.pack(SEALED, session.sid, n)
         sealed = header + session.seal.seal(n, header, inner)
+        session.keep(n, inner, now, self.ctx.config)
         return self._out(to_hex, sealed, now, avoid, only_new)
 
     def _out(
@@ -450,7 +482,7 @@ class Sessions:
             if peer is not None and peer.opening is not None and peer.opening.sid == sid:
                 # Sent right after its ACCEPT, which has not arrived yet.
                 return self._drop("before-accept", sender_hex)
-            self._unknown(sender_hex, sid, now)
+            self._unknown(sender_hex, sid, n, now)
             return self._drop("unknown-session", sender_hex)
         top = session.top
         if n > top:
@@ -475,22 +507,42 @@ class Sessions:
         self._delivered(sender_hex, inner, hops, now)
         return None
 
-    def _unknown(self, sender_hex: str, sid: int, now: float) -> None:
-        """Tell ``sender_hex`` (at most once a second) that we do not know session ``sid``."""
+    def _unknown(self, sender_hex: str, sid: int, n: int, now: float) -> None:
+        """Tell ``sender_hex`` (at most once a second) that we do not know session ``sid``,
+        from nonce ``n`` on."""
         last = self.resets.entries.get(sender_hex)
         if last is not None and now - last < 1.0:
             return
         self.resets.touch(sender_hex, now)
-        self._reset(sender_hex, sid, now)
+        self._reset(sender_hex, sid, n, now)
 
-    def reset(self, peer_hex: str, sid: int, now: float) -> None:
+    def reset(
+        self,
+        peer_hex: str,
+        sid: int,
+        now: float,
+        lost: tuple[int, float] | None = None,
+    ) -> None:
         """``peer_hex`` told us (signed) that it does not know session ``sid``: forget it, so
-        that the next message opens a new one."""
+        that the next message opens a new one. ``lost`` is (first nonce it could not open,
+        when it started): the recent messages sealed from both on, which no incarnation of it
+        read, are sent again in the new session."""
         peer = self.peers.get(peer_hex)
         session = None if peer is None else peer.sessions.get(sid)
-        if peer is not None and session is not None:
-            self._forget_session(peer, session)
-            log.debug("%s: %s forgot session %08x", short(self.ctx.hex), short(peer_hex), sid)
+        if peer is None or session is None:
+            return
+        self._forget_session(peer, session)
+        keep_for = self.ctx.config.session_resend
+        again = [] if lost is None else session.lost(lost[0], lost[1], now, keep_for)
+        log.debug(
+            "%s: %s forgot session %08x; %d sent again",
+            short(self.ctx.hex),
+            short(peer_hex),
+            sid,
+            len(again),
+        )
+        for inner in again:
+            self.send(peer_hex, inner, now)
 
     # ------------------------------------------------------------------ state
 

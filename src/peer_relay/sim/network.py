@@ -7,9 +7,10 @@ them, opens WebSocket-like links on dial, and fires timers.
 Given the same seed and the same calls, a run is identical.
 
 Failures it models: a clean leave (the core closes every link, the remotes see the close one
-latency later), a crash (no goodbye: the links go silent and each remote notices only after a
-keepalive timeout, as a websockets ping would), partitions (frames and dials across groups are
-lost; links that cross stay silent until their keepalive timeout closes them) and frame loss.
+latency later, behind the frames sent before it, as over a WebSocket), a crash (no goodbye: the
+links go silent and each remote notices only after a keepalive timeout, as a websockets ping
+would), partitions (frames and dials across groups are lost; links that cross stay silent
+until their keepalive timeout closes them) and frame loss.
 And a misbehaving relay (:meth:`SimNetwork.swallow`): it drops the user and session messages it
 relays while it answers pings and serves everything else, which only end-to-end receipts and
 sending again over other first hops get around.
@@ -421,6 +422,16 @@ class SimNetwork:
         if node.links.get(handle, (None, 0))[0] is dead:
             self._remote_closed(node, handle, "keepalive timeout")
 
+    def _close_reached(self, node: SimNode, handle: int, peer: SimNode, peer_handle: int) -> None:
+        """The close of ``node``'s link reached ``peer``, which closes its end and answers;
+        ``node`` learns the link is gone once that answer arrives, behind every frame the
+        peer sent before it (until then they still arrive, as over a real WebSocket)."""
+        answered = self.now + self.latency(self.rng)
+        if peer.links.get(peer_handle, (None, 0))[0] is node:
+            answered = max(answered, peer.clock.get(peer_handle, 0.0) + 1e-6)
+            self._remote_closed(peer, peer_handle)
+        self.at(answered - self.now, self._remote_closed, node, handle, "closed")
+
     def _remote_closed(self, node: SimNode, handle: int, reason: str = "remote closed") -> None:
         node.clock.pop(handle, None)
         node.links.pop(handle, None)
@@ -490,15 +501,13 @@ class _SimHost:
     def close_link(self, handle: int, reason: str) -> None:
         net, node = self.net, self.node
         pair = node.links.pop(handle, None)
-        node.clock.pop(handle, None)
-        if pair is not None:
-            peer, peer_handle = pair
-            if peer.links.get(peer_handle, (None, 0))[0] is node:
-                net.at(net.latency(net.rng), net._remote_closed, peer, peer_handle)
-        # The closing side learns the connection is gone once the close handshake
-        # has crossed the link both ways; until then frames in flight still arrive.
-        delay = 2 * net.latency(net.rng)
-        net.at(delay, net._remote_closed, node, handle, "closed")
+        last = node.clock.pop(handle, 0.0)
+        if pair is not None and pair[0].links.get(pair[1], (None, 0))[0] is node:
+            # A WebSocket's close frame follows the frames sent before it on the stream.
+            reach = max(net.now + net.latency(net.rng), last + 1e-6)
+            net.at(reach - net.now, net._close_reached, node, handle, *pair)
+        else:
+            net.at(2 * net.latency(net.rng), net._remote_closed, node, handle, "closed")
 
     def dial_websocket(self, handle: int, url: str, expected_id: bytes | None) -> None:
         net = self.net

@@ -110,7 +110,21 @@ def _add_peer_options(
     )
     parser.add_argument("--webrtc", action="store_true", help="enable WebRTC links (aiortc)")
     parser.add_argument(
-        "--ice-server", action="append", default=[], metavar="URL", help="STUN/TURN URL"
+        "--ice-server",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="STUN or TURN server for WebRTC (stun:HOST:PORT, turn:HOST:PORT; repeatable)",
+    )
+    parser.add_argument("--ice-username", metavar="NAME", help="TURN username")
+    parser.add_argument("--ice-credential", metavar="SECRET", help="TURN password")
+    parser.add_argument(
+        "--direct-after",
+        type=int,
+        default=32,
+        metavar="N",
+        help="link directly to a peer after N messages with it through relays within 30 s "
+        "(default 32; 0: never)",
     )
     parser.add_argument("--max-links", type=int, default=20, help="link budget (default 20)")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
@@ -135,7 +149,10 @@ def _peer_from_args(args: argparse.Namespace, *, server: bool) -> PeerRelay:
         allow_unsigned=args.allow_unsigned,
         wrtc=args.webrtc,
         ice_servers=args.ice_server,
+        ice_username=args.ice_username,
+        ice_credential=args.ice_credential,
         max_links=args.max_links,
+        direct_after=args.direct_after,
         **extra,
     )
 
@@ -323,28 +340,32 @@ async def _demo(args: argparse.Namespace) -> int:
             progress(f"  peers started: {i + 1}/{args.nodes}")
         if not interactive:
             print(f"  peers started: {len(nodes)}/{args.nodes}")
-        deadline = time.perf_counter() + args.settle
-        target = min(args.nodes - 1, max(2, args.max_links // 2))
-        last_total, stable_since = -1, time.perf_counter()
-        while time.perf_counter() < deadline:
+        # Formed once every peer has its links to its nearest neighbours (Config.near_count)
+        # and no link opened or closed anywhere for two seconds (a total that stays the same
+        # can hide links that come and go), or after --settle seconds.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + args.settle
+        target = min(args.nodes - 1, max(2, min(4, args.max_links // 2)))
+        last_churn, quiet_since, formed = -1, loop.time(), False
+        while not formed and loop.time() < deadline:
             links = [len(n.peers) for n in nodes]
-            total = sum(links)
+            churn = sum(n.stats["links_opened"] + n.stats["links_closed"] for n in nodes)
             progress(
-                f"  forming links: {total // 2} links, "
+                f"  forming links: {sum(links) // 2} links, "
                 f"{sum(1 for x in links if x >= target)}/{len(nodes)} peers with {target}+ links"
             )
-            if total != last_total:
-                last_total, stable_since = total, time.perf_counter()
-            if min(links) >= target and time.perf_counter() - stable_since > 1.0:
-                break
-            await asyncio.sleep(0.2)
+            if churn != last_churn:
+                last_churn, quiet_since = churn, loop.time()
+            formed = min(links) >= target and loop.time() - quiet_since >= 2.0
+            if not formed:
+                await asyncio.sleep(0.2)
         links = [len(n.peers) for n in nodes]
         if interactive:
             out.write("\n")
         print(
-            f"Network formed in {time.perf_counter() - started:.1f}s: "
-            f"{sum(links) // 2} links, {min(links)}-{max(links)} per peer "
-            f"(mean {sum(links) / len(links):.1f})."
+            f"Network {'formed' if formed else 'still forming'} after "
+            f"{time.perf_counter() - started:.1f}s: {sum(links) // 2} links, "
+            f"{min(links)}-{max(links)} per peer (mean {sum(links) / len(links):.1f})."
         )
         return await _demo_messages(nodes, args.messages, rng)
     finally:
@@ -398,6 +419,142 @@ async def _demo_messages(nodes: list[PeerRelay], count: int, rng: random.Random)
             f" max {max(all_hops)}; mean time {sum(times) / len(times) * 1000:.2f} ms."
         )
     return 0 if len(all_hops) == count else 1
+
+
+# ----------------------------------------------------------------------------- testbed
+
+
+def _duration_arg(text: str) -> float:
+    """``30ms``, ``0.5s`` or a plain number of milliseconds, in seconds."""
+    raw = text.strip().lower()
+    scale = 0.001
+    if raw.endswith("ms"):
+        raw = raw[:-2]
+    elif raw.endswith("s"):
+        raw, scale = raw[:-1], 1.0
+    try:
+        value = float(raw) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration (like 30ms or 0.5s): {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r}")
+    return value
+
+
+def _share_arg(text: str) -> float:
+    """``1%``, ``0.5%`` or a plain number of percent, as a fraction."""
+    raw = text.strip().removesuffix("%")
+    try:
+        value = float(raw) / 100
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a percentage (like 1%): {text!r}") from None
+    if not (math.isfinite(value) and 0 <= value < 1):
+        raise argparse.ArgumentTypeError(f"must be at least 0% and below 100%, got {text}")
+    return value
+
+
+def _add_testbed_parser(sub: Any) -> None:
+    tb = sub.add_parser(
+        "testbed",
+        help="run real peers on emulated hosts (network namespaces; root)",
+        description="Build hosts in network namespaces joined through routers with delay, "
+        "jitter and loss, some behind NAT, run real peer-relay processes on them and "
+        "measure delivery, hops, latency, direct links and memory. Needs root.",
+    )
+    tb.add_argument("--hosts", type=int, default=4, help="emulated hosts (default 4)")
+    tb.add_argument("--peers", type=int, default=10, help="peer processes per host (default 10)")
+    tb.add_argument("--nat", choices=("cone", "symmetric", "none"), default="none", help="NAT kind")
+    tb.add_argument(
+        "--nated", type=int, default=None, metavar="N", help="hosts behind NAT (default: half)"
+    )
+    tb.add_argument("--delay", type=_duration_arg, help="one way (default 30ms; --local: 0)")
+    tb.add_argument("--jitter", type=_duration_arg, default=0.0, help="(default 0ms)")
+    tb.add_argument("--loss", type=_share_arg, help="per packet (default 1%%; --local: 0)")
+    tb.add_argument("--messages", type=int, default=1000, help="per phase (default 1000)")
+    tb.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
+    tb.add_argument("--mode", choices=("send", "deliver"), default="send")
+    tb.add_argument("--busy-pairs", type=int, default=0, metavar="N", help="busy NATed pairs")
+    tb.add_argument("--busy-messages", type=int, default=80, metavar="N", help="per busy pair")
+    tb.add_argument("--churn", type=int, default=0, metavar="N", help="peers killed, restarted")
+    tb.add_argument("--partition", action="store_true", help="cut the hosts in two, then heal")
+    tb.add_argument("--turn", action="store_true", help="run coturn (STUN and TURN)")
+    tb.add_argument("--stun-only", action="store_true", help="with --turn: give peers STUN only")
+    tb.add_argument("--wrtc", choices=("nat", "all", "none"), default="nat", help="WebRTC on")
+    tb.add_argument("--max-links", type=int, default=None, help="link budget per peer")
+    tb.add_argument("--seed", type=int, default=0, help="seed of pairs, loss and churn")
+    tb.add_argument("--local", action="store_true", help="all on 127.0.0.1, no namespaces")
+    tb.add_argument("--json", action="store_true", help="print the report as JSON")
+    tb.add_argument("--plot", metavar="FILE", help="write a figure (needs matplotlib)")
+    tb.add_argument("--cleanup", action="store_true", help="remove what a killed run left")
+    tb.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
+
+
+def _testbed(args: argparse.Namespace) -> int:
+    """``peer-relay testbed``: refusals (exit 2) and failures (exit 1) in one line."""
+    import dataclasses
+    import importlib.util
+
+    from .testbed import net
+    from .testbed.scenario import Scenario, cleanup_runs, halves, run_scenario
+
+    def refuse(exc: BaseException, status: int) -> int:
+        if args.verbose:
+            traceback.print_exception(exc, file=sys.stderr)
+        print(f"peer-relay testbed: {exc}", file=sys.stderr, flush=True)
+        return status
+
+    try:
+        if args.cleanup:
+            stale, runs = net.cleanup_stale(), cleanup_runs()
+            print(f"removed {stale} stale testbed objects, {runs} run directories", file=sys.stderr)
+            return EXIT_OK
+        nat = None if args.nat == "none" else args.nat
+        nated = args.nated if args.nated is not None else (args.hosts // 2 if nat else 0)
+        options = {} if args.max_links is None else {"max_links": args.max_links}
+        scenario = Scenario(
+            hosts=args.hosts,
+            peers=args.peers,
+            nat=nat,
+            nated=nated,
+            shape=net.Shape(
+                delay=args.delay if args.delay is not None else (0.0 if args.local else 0.03),
+                jitter=args.jitter,
+                loss=args.loss if args.loss is not None else (0.0 if args.local else 0.01),
+            ),
+            turn=args.turn,
+            stun_only=args.stun_only,
+            wrtc=args.wrtc,
+            messages=args.messages,
+            rate=args.rate,
+            mode=args.mode,
+            busy_pairs=args.busy_pairs,
+            busy_messages=args.busy_messages,
+            churn=args.churn,
+            options=options,
+            seed=args.seed,
+            local=args.local,
+        )
+        scenario.validate()
+        if args.partition:
+            scenario = dataclasses.replace(scenario, partition=halves(scenario))
+            scenario.validate()
+        if not args.local:
+            net.check_requirements(turn=args.turn)
+        if args.plot and importlib.util.find_spec("matplotlib") is None:
+            raise net.TestbedError("--plot needs matplotlib: pip install matplotlib")
+    except net.TestbedError as exc:
+        return refuse(exc, EXIT_USAGE)
+    try:
+        report = run_scenario(scenario, progress=lambda text: print(text, file=sys.stderr))
+        if args.plot:
+            report.plot(args.plot)
+    except KeyboardInterrupt:
+        print("peer-relay testbed: interrupted; everything removed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        return refuse(exc, EXIT_FAILED)
+    print(report.to_json() if args.json else report.format(), flush=True)
+    return EXIT_OK
 
 
 # ----------------------------------------------------------------------------- entry
@@ -479,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulate a large network (see 'peer-relay simulate --help')",
         add_help=False,
     )
+    _add_testbed_parser(sub)
     return parser
 
 
@@ -493,6 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(args_list)
     if args.command == "id":
         return _id(args)
+    if args.command == "testbed":
+        return _testbed(args)
     if args.command == "demo":
         if args.nodes < 2:
             print("peer-relay demo: --nodes must be at least 2", file=sys.stderr)

@@ -834,6 +834,21 @@ def show(value: dict[str, float] | None) -> str:
     return text
 
 
+RATIOS = [
+    ("throughput", "msg_per_s", "ours-unsigned", "bare-websockets"),
+    ("throughput", "msg_per_s", "ours-unsigned", "0.0.2-nodeflate"),
+    ("throughput", "msg_per_s", "ours-sealed", "0.0.2-nodeflate"),
+    ("throughput", "msg_per_s", "ours-sealed", "ours-unsigned"),
+    ("throughput", "msg_per_s", "0.0.2", "0.0.2-nodeflate"),
+    ("throughput", "msg_per_s", "bare-picows", "bare-websockets"),
+    ("RTT p50", "rtt_p50_us", "ours-unsigned", "0.0.2-nodeflate"),
+    ("RTT p99", "rtt_p99_us", "ours-unsigned", "0.0.2-nodeflate"),
+    ("RTT p50", "rtt_p50_us", "ours-sealed", "0.0.2-nodeflate"),
+    ("RTT p99", "rtt_p99_us", "ours-sealed", "0.0.2-nodeflate"),
+]
+"""The ratios printed: (label, measure, numerator column, denominator column)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -933,36 +948,8 @@ def main() -> None:
     ratios: dict[str, dict[str, dict[str, float] | None]] = {}
     for size in sizes:
         ratios[size] = {
-            "throughput ours-unsigned / bare-websockets": ratio(
-                results, size, "msg_per_s", "ours-unsigned", "bare-websockets"
-            ),
-            "throughput ours-unsigned / 0.0.2-nodeflate": ratio(
-                results, size, "msg_per_s", "ours-unsigned", "0.0.2-nodeflate"
-            ),
-            "throughput ours-sealed / 0.0.2-nodeflate": ratio(
-                results, size, "msg_per_s", "ours-sealed", "0.0.2-nodeflate"
-            ),
-            "throughput ours-sealed / ours-unsigned": ratio(
-                results, size, "msg_per_s", "ours-sealed", "ours-unsigned"
-            ),
-            "throughput 0.0.2 / 0.0.2-nodeflate": ratio(
-                results, size, "msg_per_s", "0.0.2", "0.0.2-nodeflate"
-            ),
-            "throughput bare-picows / bare-websockets": ratio(
-                results, size, "msg_per_s", "bare-picows", "bare-websockets"
-            ),
-            "RTT p50 ours-unsigned / 0.0.2-nodeflate": ratio(
-                results, size, "rtt_p50_us", "ours-unsigned", "0.0.2-nodeflate"
-            ),
-            "RTT p99 ours-unsigned / 0.0.2-nodeflate": ratio(
-                results, size, "rtt_p99_us", "ours-unsigned", "0.0.2-nodeflate"
-            ),
-            "RTT p50 ours-sealed / 0.0.2-nodeflate": ratio(
-                results, size, "rtt_p50_us", "ours-sealed", "0.0.2-nodeflate"
-            ),
-            "RTT p99 ours-sealed / 0.0.2-nodeflate": ratio(
-                results, size, "rtt_p99_us", "ours-sealed", "0.0.2-nodeflate"
-            ),
+            f"{label} {a} / {b}": ratio(results, size, metric, a, b)
+            for label, metric, a, b in RATIOS
         }
     if "ours" in memory and "0.0.2-nodeflate" in memory:
         rss = memory["ours"]["rss_per_peer"] / memory["0.0.2-nodeflate"]["rss_per_peer"]

@@ -20,8 +20,8 @@ from .. import wire
 from .bounded import BoundedMap, Budgets, TokenBucket, expires_at
 from .context import Context
 
-REQUESTS: Final = frozenset((wire.FIND_PEERS, wire.HANDSHAKE_OFFER))
-"""Message types that cost us an answer."""
+REQUESTS: Final = frozenset((wire.FIND_PEERS, wire.HANDSHAKE_OFFER, wire.SESSION_RESET))
+"""Message types that cost us an answer (a reset: a new handshake, and messages sealed again)."""
 
 Source = str | int
 """What a link's budgets are kept under: the address of the peer that dialled us (so that one

@@ -561,14 +561,14 @@ class Core:
         """A signed ``session-reset``: ``sid``, or ``[sid, first nonce it could not open, when
         it started (ms)]``."""
         payload = msg.payload
-        if not msg.verified:
+        if not msg.verified or not self._budgets.spend(msg.sender.hex(), msg.via, now):
             return
         if type(payload) is int:
             self._sessions.reset(msg.sender.hex(), payload, now)
         elif (
             type(payload) is list
             and len(payload) == 3
-            and all(type(x) is int and x >= 0 for x in payload)
+            and all(type(x) is int and 0 <= x <= wire.MAX_SAFE_INTEGER for x in payload)
         ):
             lost = (payload[1], payload[2] / 1000)
             self._sessions.reset(msg.sender.hex(), payload[0], now, lost)

@@ -57,8 +57,10 @@ class DirectPaths:
             return
         window = cfg.direct_window
         tally = self.tallies.entries.get(peer_id)
-        if tally is None or now - tally.start > window:
+        if tally is None:
             tally = Tally(now, 0, 0.0)
+        elif now - tally.start > window:
+            tally = Tally(now, 0, tally.busy_until)  # busy until then still: traffic goes on
         tally.count += 1
         tally.busy_until = now + BUSY_FOR * window if tally.count >= after else tally.busy_until
         self.tallies.touch(peer_id, tally)

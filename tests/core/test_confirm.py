@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from peer_relay import wire
+from peer_relay.core import Core
 from peer_relay.events import CloseLink, DialWebSocket, SendFrame
 from peer_relay.identity import Identity
 from peer_relay.sim import FastSigner
@@ -27,8 +28,25 @@ def users(frames: list[tuple[int, Any]]) -> list[tuple[int, Any]]:
     return [(h, f["data"]["data"]) for h, f in frames if "to" in f and f["data"]["type"] == "user"]
 
 
-def test_a_ping_follows_user_messages_and_a_pong_confirms_them() -> None:
-    core, _ = make_core(1)
+def pings(frames: list[tuple[int, Any]]) -> list[tuple[int, int]]:
+    return [(h, f["pr"]["ping"]) for h, f in frames if "ping" in f.get("pr", {})]
+
+
+def punctual(core: Core, until: float) -> list[tuple[float, Any]]:
+    """Run ``core``'s timer as a host that is never late, up to ``until``: (time, event)s."""
+    out: list[tuple[float, Any]] = []
+    while (timer := core.get_timer()) is not None and timer <= until:
+        core.handle_timer(timer)
+        out.extend((timer, event) for event in core.events())
+    return out
+
+
+def closes(timed: list[tuple[float, Any]]) -> list[tuple[float, CloseLink]]:
+    return [(t, e) for t, e in timed if isinstance(e, CloseLink)]
+
+
+def test_without_confirm_delay_a_ping_follows_at_once_and_a_pong_confirms() -> None:
+    core, _ = make_core(1, confirm_delay=0)
     peer = remote(2)
     handle = open_raw_link(core, peer)
     core.events()
@@ -44,6 +62,52 @@ def test_a_ping_follows_user_messages_and_a_pong_confirms_them() -> None:
     assert core.events() == []
     core.handle_timer(T0 + 60)
     assert core.peers == [peer.id]  # nothing was left waiting: the link stays
+
+
+def test_messages_sent_within_confirm_delay_share_one_ping() -> None:
+    core, _ = make_core(1, confirm_delay=0.05)
+    peer = remote(2)
+    handle = open_raw_link(core, peer)
+    core.events()
+    timer = core.get_timer()
+    assert timer is not None
+    for n, at in enumerate((T0, T0 + 0.01, T0 + 0.03)):
+        core.send(peer.id, {"n": n}, at)
+    frames = sent(core.events())
+    assert len(users(frames)) == 3 and pings(frames) == []
+    assert core.get_timer() == min(timer, T0 + 0.05)  # the host wakes the core for the ping
+    timed = punctual(core, T0 + 0.05)
+    assert [(t, p) for t, e in timed for p in pings(sent([e]))] == [(T0 + 0.05, (handle, 1))]
+    # Sent while that ping is out, a message waits for its pong, and then for confirm_delay.
+    core.send(peer.id, {"n": 3}, T0 + 0.06)
+    core.frame_received(handle, wire.link_control_frame("pong", 1), T0 + 0.07)
+    assert pings(sent(core.events())) == [] and core.get_timer() == T0 + 0.06 + 0.05
+    timed = punctual(core, T0 + 0.06 + 0.05)
+    assert [(t, p) for t, e in timed for p in pings(sent([e]))] == [(T0 + 0.06 + 0.05, (handle, 2))]
+    core.frame_received(handle, wire.link_control_frame("pong", 2), T0 + 0.12)
+    assert core.bounds()["unconfirmed"] == (0, 64)
+    assert not closes(punctual(core, T0 + 60)) and core.peers == [peer.id]
+
+
+def test_half_of_max_unconfirmed_sends_the_ping_at_once() -> None:
+    core, _ = make_core(1, confirm_delay=1.0, max_unconfirmed=8)
+    peer = remote(2)
+    handle = open_raw_link(core, peer)
+    core.events()
+    for n in range(3):
+        core.send(peer.id, {"n": n}, T0)
+    assert pings(sent(core.events())) == []
+    core.send(peer.id, {"n": 3}, T0)
+    frames = sent(core.events())
+    assert pings(frames) == [(handle, 1)] and frames.index((handle, {"pr": {"ping": 1}})) == 1
+    # With that one out, four more are kept (eight in all) and the rest only sent; the pong
+    # finds half of max_unconfirmed waiting: the next ping goes at once.
+    for n in range(4, 10):
+        core.send(peer.id, {"n": n}, T0 + 0.1)
+    assert len(users(sent(core.events()))) == 6 and core.bounds()["unconfirmed"] == (8, 8)
+    core.frame_received(handle, wire.link_control_frame("pong", 1), T0 + 0.2)
+    assert pings(sent(core.events())) == [(handle, 2)]
+    assert core.bounds()["unconfirmed"] == (4, 8)
 
 
 def test_pings_are_answered_and_control_frames_from_strangers_are_strikes() -> None:
@@ -65,7 +129,7 @@ def test_pings_are_answered_and_control_frames_from_strangers_are_strikes() -> N
 
 
 def test_a_silent_next_hop_is_dropped_and_the_message_goes_another_way() -> None:
-    core, _ = make_core(1, confirm_timeout=3.0)
+    core, _ = make_core(1, confirm_timeout=3.0, confirm_delay=0.05, tick_interval=1.0)
     near, far = remote(2), remote(3)
     to_near = open_raw_link(core, near)
     to_far = open_raw_link(core, far)
@@ -73,14 +137,53 @@ def test_a_silent_next_hop_is_dropped_and_the_message_goes_another_way() -> None
     target = bytes(a ^ 1 for a in near.id)  # nearer to ``near`` than to anyone else
     core.send(target, {"n": 7}, T0)
     assert users(sent(core.events())) == [(to_near, {"n": 7})]
-    core.handle_timer(T0 + 2)
-    assert not any(isinstance(e, CloseLink) for e in core.events())
-    core.handle_timer(T0 + 4)  # no pong: ``near`` crashed
-    events = core.events()
-    assert CloseLink(to_near, "unresponsive") in events
-    assert users(sent(events)) == [(to_far, {"n": 7})]
+    assert not closes(punctual(core, T0 + 3.05 - 1e-6))
+    timed = punctual(core, T0 + 3.05 + 1.0)  # no pong: ``near`` crashed
+    [(when, close)] = closes(timed)
+    assert close == CloseLink(to_near, "unresponsive")
+    assert T0 + 3.05 <= when <= T0 + 3.05 + 1.0  # confirm_delay + confirm_timeout, a tick at most
+    assert users(sent([e for _, e in timed])) == [(to_far, {"n": 7})]
     assert core.stats.dropped["unresponsive"] == 1 and core.stats.rerouted == 1
     assert core.peers == [far.id]
+
+
+def test_a_late_timer_closes_no_link_whose_pong_waits_unread() -> None:
+    core, _ = make_core(1, confirm_timeout=3.0, confirm_delay=0.05)
+    peer = remote(2)
+    handle = open_raw_link(core, peer)
+    core.events()
+    core.send(peer.id, {"n": 1}, T0)
+    punctual(core, T0 + 0.05)  # the ping goes
+    # The host blocks for ten seconds; the peer's pong waits in its socket while it runs the
+    # timer, over a quarter of confirm_timeout late: no verdict yet.
+    core.handle_timer(T0 + 10)
+    assert not any(isinstance(e, CloseLink) for e in core.events())
+    core.frame_received(handle, wire.link_control_frame("pong", 1), T0 + 10.001)
+    assert not closes(punctual(core, T0 + 60))
+    assert core.peers == [peer.id] and core.stats.rerouted == 0
+
+
+def test_a_dead_remote_is_found_out_after_a_stall_too() -> None:
+    core, _ = make_core(1, confirm_timeout=3.0, confirm_delay=0.05, tick_interval=1.0)
+    peer = remote(2)
+    handle = open_raw_link(core, peer)
+    core.events()
+    core.send(peer.id, {"n": 1}, T0)
+    punctual(core, T0 + 0.05)
+    core.handle_timer(T0 + 10)  # late: the ping gets confirm_timeout / 2 more
+    assert not any(isinstance(e, CloseLink) for e in core.events())
+    [(when, close)] = closes(punctual(core, T0 + 20))
+    assert close == CloseLink(handle, "unresponsive") and T0 + 11.5 <= when <= T0 + 12.5
+    # Once only: late again after that grace, the host finds the link dead at once.
+    core, _ = make_core(1, confirm_timeout=3.0, confirm_delay=0.05)
+    handle = open_raw_link(core, peer)
+    core.events()
+    core.send(peer.id, {"n": 1}, T0)
+    punctual(core, T0 + 0.05)
+    core.handle_timer(T0 + 10)
+    core.events()
+    core.handle_timer(T0 + 20)
+    assert CloseLink(handle, "unresponsive") in core.events()
 
 
 def test_messages_a_closed_link_did_not_confirm_go_another_way() -> None:

@@ -96,7 +96,7 @@ def test_handshake_timeout_on_the_virtual_clock() -> None:
 
 
 def test_messages_wait_for_a_first_link_in_a_bounded_queue() -> None:
-    core, _ = make_core(1, max_queue=3)
+    core, _ = make_core(1, max_queue=3, confirm_delay=0)
     target = bytes(20)
     for i in range(4):
         core.send(target, {"i": i}, T0)

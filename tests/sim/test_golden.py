@@ -33,6 +33,9 @@ History of the run digests (the event traces kept theirs, until sessions):
   the runs give the digests of before that change): that alone changed the ``original``
   strategy's run, which none of the above touches (it never closes a link, and refreshes every
   ``refresh_interval``).
+- issue 16 (confirmation cost a ping and a pong per message and hop): pings are coalesced, one
+  ``confirm_delay`` (0.05 s) after the first message it covers, or at once when half of
+  ``max_unconfirmed`` waits. With ``confirm_delay=0`` every digest here is the one of before.
 
 History of the event traces:
 - sessions: ``send()`` goes through a session (``Config.sessions``) now that the simulated cores
@@ -41,6 +44,7 @@ History of the event traces:
   session message's bytes count by their length (every other byte, and the order and time of
   every event, as before).
 - issue 15: the refreshes and the simulator's closes above.
+- issue 16: the coalesced pings above.
 
 History of the partition trace:
 - the bootstrap redials run on one clock (``cut-off``, ``rejoin``, ``island``; see
@@ -49,6 +53,7 @@ History of the partition trace:
   bootstrap peers we are linked to, and rejoin and island dials fire on their own deadline
   instead of at the next refresh.
 - issue 15: the refreshes, lookups and closes above (see the run digests).
+- issue 16: the coalesced pings (see the run digests).
 
 Digests are independent of the machine, of ``PYTHONHASHSEED`` and of compiled or pure Python
 (``test_simulator.py`` and ``test_compiled.py`` check that).
@@ -70,19 +75,19 @@ from peer_relay.sim.runner import SimParams, run_simulation
 RUNS: dict[str, tuple[SimParams, str]] = {
     "static": (
         SimParams(nodes=150, messages=300, seed=21),
-        "3e2b57c89600ce37c20f2306e234fdf4c718073a2dc50044e4aefb434fd4ebc7",
+        "fd573aa6b0645d595ec844a4ca54c66e51b5dfc089008a19c3f08a80c2b68f91",
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "96bd71ff95f4b4d2fcb119cb119cc601bfedd295cce28a8f29fe407d9b81dcca",
+        "0d176fd50164f57fd8cbdeb33be7045e76de8b4fbc6e137df3472615b6c63524",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),
-        "fc737c9661b2fd891e9157a2a434afcfdcdb18350633e880ca721e282aeb0d2a",
+        "bf1f32307d5dd8da3685b78f8d8fd7d14206a78bc53ff9ee73cfafd9f8aa7c36",
     ),
     "real-crypto": (
         SimParams(nodes=30, messages=40, seed=24, real_crypto=True),
-        "56aa4a6206328ed282a5f748001d3db5447043f73025b8411ef5960d8f783148",
+        "6f710661a508718bcc8ffcda5f3b88a8355ae65c2b4e19d2b66fe340769ccc51",
     ),
 }
 
@@ -162,8 +167,8 @@ def _partition_trace() -> str:
 
 
 TRACES = {
-    False: "6b5b4e54c6623c8335ea162a1acc01b2424d1d97aa5ef28e041a80144a471cef",
-    True: "482f456183dc20fb1b20274711cb9480b1bab379908b0500212a4d238181d3d7",
+    False: "77031d260e12e0e8ee476d6a34116236fc2d1ac8d26d1d2783e75e020e11dbb8",
+    True: "d9ef8a88245932054ce62731dd5f5b903dadac3a43e89d2b3aff1ab5c0258bff",
 }
 
 
@@ -172,7 +177,7 @@ def test_event_trace_is_pinned(real_crypto: bool) -> None:
     assert _trace(real_crypto) == TRACES[real_crypto]
 
 
-PARTITION_TRACE = "ff2160e725e17260577a1c148fa642d93d410114c833589a83a0b63144ff7565"
+PARTITION_TRACE = "e400742f5acda885683596f12127fbc5b041504a83bfe303edfa664f6027412d"
 
 
 def test_partition_and_redial_trace_is_pinned() -> None:

@@ -79,7 +79,15 @@ class Config:
     confirm_timeout: float = 3.0
     """Seconds a peer of ours has to answer the ping that follows user messages we send it.
     Past that the link is taken for dead (a crashed peer stays silent until the transport's
-    keepalive notices, tens of seconds later), closed, and the messages go another way."""
+    keepalive notices, tens of seconds later), closed, and the messages go another way. A
+    timer that fires over a quarter of it late means our host stalled (blocked, or a long
+    collection) while the answers may wait unread in its sockets: the pings then overdue get
+    half of it more, once, before they count."""
+    confirm_delay: float = 0.05
+    """Seconds between the first user message sent on a link and the ping that follows it: one
+    ping (and one pong) covers every message sent in that window, instead of one per message;
+    half of ``max_unconfirmed`` (or of ``max_frame`` bytes) waiting sends it at once. A silent
+    peer is found out ``confirm_delay + confirm_timeout`` after the message. 0: at once."""
     max_unconfirmed: int = 64
     """Most user messages per link kept for re-routing until the remote confirms them, and at
     most ``max_frame`` bytes of them (0: no confirmation at all)."""

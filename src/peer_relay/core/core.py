@@ -149,20 +149,25 @@ class Core:
         """Expire what has expired and run periodic maintenance.
 
         It ticks every ``tick_interval`` while something waits on a deadline (a handshake, an
-        attempt, a ping, a draining link, strikes to forgive), else only at the next refresh:
-        an idle peer costs its host nothing between refreshes.
+        attempt, a ping out, a draining link, strikes to forgive), when a ping is due to go,
+        else only at the next refresh: an idle peer costs its host nothing between refreshes.
+        Called over ``confirm_timeout / 4`` past :meth:`get_timer`, it takes its host for
+        stalled: pings then overdue get more time (see ``Config.confirm_timeout``).
         """
         ctx = self._ctx
         if ctx.closed or now < ctx.next_tick:
             return
         cfg = ctx.config
+        # Run this late, the host was blocked: pongs may wait unread in its sockets.
+        stalled = now - ctx.next_tick > cfg.confirm_timeout / 4
         ctx.next_tick = float("inf")
         self._inbox.expire(now)
         self._router.routes.expire(now)
         self._connector.expire(now)
         links = self._links
+        confirmation = self._router.confirmation
         for link in list(links.by_handle.values()):
-            if Confirmation.overdue(link, now):
+            if confirmation.tick(link, now, stalled):
                 self._unresponsive(link, now)
             else:
                 links.expire(link, now)

@@ -45,7 +45,9 @@ class Link:
         "peer_id",
         "peer_int",
         "pending",
+        "ping_at",
         "ping_due",
+        "ping_graced",
         "ping_seq",
         "remote_key",
         "remote_nonce",
@@ -80,9 +82,12 @@ class Link:
         self.source: str | None = None
         self.inbound_pending = False
         # User messages sent on the link and not yet confirmed (see confirm.py): those the
-        # outstanding ping (number ping_seq, due back by ping_due) covers, and those after it.
+        # outstanding ping (number ping_seq, due back by ping_due) covers, and those after it,
+        # which the next ping covers (sent at ping_at, or when the outstanding one comes back).
         self.awaiting: list[bytes] = []
         self.pending: list[bytes] = []
         self.held = 0  # their bytes
         self.ping_seq = 0
         self.ping_due = float("inf")
+        self.ping_at = float("inf")
+        self.ping_graced = False  # ping_due was pushed back once because our host stalled

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         max_datagram_size,
     )
 
-# The asyncio node and the Socket API need ``websockets``; they are imported on first use, so
+# The asyncio node and the Socket API need ``picows``; they are imported on first use, so
 # that ``import peer_relay`` (the core, ids, identity) also works where that is missing (Pyodide).
 _LAZY = {
     **dict.fromkeys(("Message", "PeerId", "PeerRelay"), "node"),

@@ -11,16 +11,11 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import fields
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, Protocol
-
-from websockets.asyncio.server import Server, ServerConnection
-from websockets.http11 import Request, Response
 
 from . import addresses
 from .addresses import AddressLearner
@@ -38,8 +33,9 @@ from .events import (
 from .host import Pump, source_of
 from .identity import Identity
 from .ids import parse_id, short
+from .randomness import PooledRandom
 from .transports.signals import check_ice_servers
-from .transports.websocket import WsLink, WsOptions, dial, listen
+from .transports.websocket import WsLink, WsOptions, WsServer, dial
 from .wire import is_ws_url
 
 if TYPE_CHECKING:
@@ -49,7 +45,7 @@ _log = logging.getLogger("peer_relay.node")
 
 EVENTS = ("message", "peer", "peer-closed", "request")
 _HELD_PER_PENDING = 32
-"""Upgrade requests held before they are turned away (see ``PeerRelay._screen``), per inbound
+"""Connections held before they are turned away (see ``WsOptions.hold_refused``), per inbound
 handshake slot (``max_pending_links``): 1,024 by default."""
 _CONFIG_FIELDS = frozenset(f.name for f in fields(Config)) - {"url", "webrtc", "require_auth"}
 
@@ -157,6 +153,8 @@ class PeerRelay:
             ping_timeout=ping_timeout,
             open_timeout=self._config.link_timeout,
             accept_timeout=self._config.hello_timeout,
+            hold_refused=0.8 * self._config.hello_timeout,
+            max_held=_HELD_PER_PENDING * self._config.max_pending_links,
         )
         self._wrtc = wrtc
         self._ice_servers = check_ice_servers(ice_servers, ice_username, ice_credential)
@@ -168,7 +166,7 @@ class PeerRelay:
         self._max_inbox = max_inbox
         self._core: Core | None = None
         self._pump: Pump | None = None
-        self._server: Server | None = None
+        self._server: WsServer | None = None
         self._links: dict[int, _Link] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
@@ -178,8 +176,6 @@ class PeerRelay:
         """Deliveries and requests waiting for their outcome, by token."""
         self._inbox: asyncio.Queue[Message] | None = None
         self._node_drops: Counter[str] = Counter()
-        self._held = 0
-        self._max_held = _HELD_PER_PENDING * self._config.max_pending_links
         self._link_ready: asyncio.Event | None = None
         self._starting: asyncio.Future[None] | None = None
         self._destroyed = False
@@ -209,16 +205,16 @@ class PeerRelay:
     async def _start(self) -> None:
         self._link_ready = asyncio.Event()
         if self._port is not None:
-            self._server = await listen(
-                self._accept, self._host, self._port, self._ws_options, self._screen
-            )
-            self.url = self._public_url or self._choose_url(self._server)
+            server = WsServer(self._accepted, self._admits, self._upgrading, self._ws_options)
+            await server.start(self._host, self._port)
+            self._server = server
+            self.url = self._public_url or self._choose_url(server)
         else:
             self.url = self._public_url
         self._core = Core(
             self.identity,
             Config(**{**_config_dict(self._config), "url": self.url}),
-            rng=random.SystemRandom(),
+            rng=PooledRandom(),
             now=time.time(),
         )
         self._pump = Pump(self._core, _NodeHost(self))
@@ -228,10 +224,10 @@ class PeerRelay:
         self._flush()
         _log.info("peer %s started, url %s", short(self.id), self.url)
 
-    def _choose_url(self, server: Server) -> str:
+    def _choose_url(self, server: WsServer) -> str:
         """The URL others should dial: the real bound port, and a real address (see
         :mod:`peer_relay.addresses`; never a loopback address while another exists)."""
-        port = int(next(iter(server.sockets)).getsockname()[1])
+        port = server.port
         if self._host not in ("", "0.0.0.0", "::"):
             return addresses.url_for(self._host, port)
         learner = AddressLearner(port, addresses.interface_addresses(), ipv6=self._host == "::")
@@ -263,11 +259,17 @@ class PeerRelay:
             self._timer.cancel()
         if self._rtc is not None:
             await self._rtc.close()
+        ws_links = [link for link in self._links.values() if isinstance(link, WsLink)]
         for link in list(self._links.values()):
             link.close("shutdown")
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if ws_links:
+            await asyncio.wait(
+                [asyncio.ensure_future(link.wait_closed()) for link in ws_links],
+                timeout=self._ws_options.close_timeout,
+            )
         tasks = [t for t in self._tasks if not t.done()]
         if tasks:
             _done, pending = await asyncio.wait(tasks, timeout=self._ws_options.close_timeout)
@@ -325,7 +327,8 @@ class PeerRelay:
         out["host_links"] = (len(self._links), 2 * cfg.max_links + cfg.max_pending_links)
         rtc = 0 if self._rtc is None else len(self._rtc.links)
         out["rtc_links"] = (rtc, cfg.max_links + cfg.max_pending_links)
-        out["held_upgrades"] = (self._held, self._max_held)
+        held = 0 if self._server is None else self._server.held
+        out["held_upgrades"] = (held, self._ws_options.max_held)
         return out
 
     def inspect(self) -> dict[str, Any]:
@@ -593,92 +596,75 @@ class PeerRelay:
 
     # ------------------------------------------------------------------ WebSocket links
 
-    async def _screen(self, ws: ServerConnection, request: Request) -> Response | None:
-        """Turn away an upgrade from an address that holds all the handshakes it may, late:
-        refused at once, an attacker would connect again at once, and every connection costs
-        an upgrade. Held for most of ``hello_timeout`` (at most ``_HELD_PER_PENDING`` per
-        handshake slot at a time), it costs a socket."""
+    def _admits(self, remote_ip: str) -> bool:
+        """Whether a new connection from ``remote_ip`` may start a handshake now. One from an
+        address that holds all the handshakes it may is held, unread, and then refused (see
+        ``WsOptions.hold_refused``)."""
         core = self._core
-        remote = ws.remote_address
-        if self._learner is not None and self._learner.fallback and remote:
-            host = request.headers.get("Host")
-            self._heard_address(addresses.url_from_host_header(host), str(remote[0]))
-        if core is None or not remote or core.admits(source_of(str(remote[0]))):
-            return None
+        if core is None or not remote_ip or core.admits(source_of(remote_ip)):
+            return True
         self._node_drops["too-many-pending-source"] += 1
-        if self._held < self._max_held:
-            self._held += 1
-            try:
-                await asyncio.sleep(0.8 * self._config.hello_timeout)
-            finally:
-                self._held -= 1
-        return ws.respond(
-            HTTPStatus.SERVICE_UNAVAILABLE, "too many connections from your address\n"
-        )
+        return False
 
-    async def _accept(self, ws: ServerConnection) -> None:
-        if self._destroyed or self._core is None:
-            await ws.close(1001, "shutting down")
+    def _upgrading(self, link: WsLink, request: Any) -> None:
+        """An upgrade request arrived: a peer on a loopback-only view of itself learns its
+        address from the ``Host`` its dialers used."""
+        if self._learner is not None and self._learner.fallback and link.remote_ip:
+            claimed = addresses.url_from_host_header(link.request_host)
+            self._heard_address(claimed, link.remote_ip)
+
+    def _accepted(self, link: WsLink) -> None:
+        core = self._core
+        if self._destroyed or core is None:
+            link.abort("shutting down")
             return
-        remote = ws.remote_address
-        source = source_of(str(remote[0])) if remote else None
-        handle = self._core.link_accepted(time.time(), "ws", source)
-        if not self._core.has_link(handle):
+        source = source_of(link.remote_ip) if link.remote_ip else None
+        handle = core.link_accepted(time.time(), "ws", source)
+        if not core.has_link(handle):
             # Refused at once (the handshake budgets were spent): no closing handshake, which
             # an idle attacker would never answer and which would hold the socket for seconds.
-            ws.transport.abort()
+            link.abort("refused")
             self._flush()
             return
-        await self._run_link(handle, ws)
+        self._bind(handle, link)
 
     async def _dial(self, handle: int, url: str) -> None:
         try:
-            ws = await dial(url, self._ws_options)
+            link = await dial(url, self._ws_options)
         except (OSError, TimeoutError, Exception) as exc:
             if self._core is not None:
                 self._core.link_closed(handle, time.time(), f"dial failed: {exc!r}"[:200])
                 self._flush()
             return
         if self._destroyed or self._core is None:
-            await ws.close(1001, "shutting down")
+            link.close("shutting down")
             return
         if self._learner is not None and self._learner.fallback:
-            remote = ws.remote_address
-            observed = ws.response.headers.get(addresses.OBSERVED_HEADER) if ws.response else None
             self._heard_address(
-                addresses.url_from_observed(observed, self._learner.port),
-                str(remote[0]) if remote else None,
+                addresses.url_from_observed(link.observed, self._learner.port), link.remote_ip
             )
         self._core.link_connected(handle, time.time())
-        await self._run_link(handle, ws)
+        self._bind(handle, link)
 
-    async def _run_link(self, handle: int, ws: Any) -> None:
+    def _bind(self, handle: int, link: WsLink) -> None:
+        """Make ``link`` carry link ``handle``'s frames, from and to the core."""
         core = self._core
         assert core is not None
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        flush = self._flush
 
         def on_frame(frame: bytes) -> None:
             core.frame_received(handle, frame, time.time())
-            self._flush()
+            flush()
 
         def on_close(reason: str) -> None:
             self._links.pop(handle, None)
             core.link_closed(handle, time.time(), reason)
-            self._flush()
+            flush()
 
-        def on_undelivered(frames: list[bytes]) -> None:
-            for frame in frames:
-                core.frame_undeliverable(handle, frame, time.time())
-            self._flush()
-
-        link = WsLink(ws, on_frame, on_close, self._ws_options, on_undelivered)
         self._links[handle] = link
         # The core may have queued the hello before the link object existed.
-        self._flush()
-        await link.run()
+        flush()
+        link.bind(on_frame, on_close)
 
     # ------------------------------------------------------------------ WebRTC links
 

@@ -340,6 +340,9 @@ async def junk(args: argparse.Namespace, control: Control) -> None:
 
     async def relink() -> bool:
         nonlocal link, links
+        # A failed send can come before the reader has seen the close frame: wait for it.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(link.closed.wait(), 5.0)
         closes.append(link.close_reason or "closed")
         if not args.reconnect or len(closes) > args.max_links:
             return False

@@ -97,6 +97,8 @@ async def test_idle_sockets_and_control_flood_at_once(honest: Honest) -> None:
             await asyncio.gather(*(a.finish() for a in (flood, names, idle)))
     assert answered["answers"] >= 19, answered
     assert answered["closed"] is None, answered
-    assert drops(victim, "rate-limited-peer") > 100 and drops(victim, "rate-limited-link") > 100
+    # Both budgets engaged (their shares depend on how long the attack lasts: a link's budget
+    # passes 25 requests a second, of which a sender's own passes 5).
+    assert drops(victim, "rate-limited-peer") > 20 and drops(victim, "rate-limited-link") > 100
     assert not links.lost
     assert not bounds.exceeded, f"bounds exceeded (largest size, limit): {bounds.exceeded}"

@@ -1,5 +1,5 @@
-"""Without orjson, msgspec, cryptography, websockets and aiortc (as in Pyodide), the core still
-runs."""
+"""Without orjson, msgspec, cryptography, picows, websockets and aiortc (as in Pyodide), the
+core still runs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     """
     import importlib.abc, random, sys
 
-    BLOCKED = ("orjson", "msgspec", "cryptography", "websockets", "aiortc", "aioice")
+    BLOCKED = ("orjson", "msgspec", "cryptography", "picows", "websockets", "aiortc", "aioice")
 
     class Block(importlib.abc.MetaPathFinder):
         def find_spec(self, name, path=None, target=None):

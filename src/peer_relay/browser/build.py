@@ -35,7 +35,7 @@ PYODIDE_FILES = (
 )
 STATIC = Path(__file__).with_name("static")
 PACKAGE = Path(__file__).resolve().parents[1]
-# Modules a browser peer does not need (they import websockets, aiortc or asyncio servers).
+# Modules a browser peer does not need (they import picows, aiortc or asyncio servers).
 EXCLUDED = {"node.py", "socket.py", "cli.py", "sim", "static"} | {
     "build.py",
     "server.py",

@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import random
 import signal
 import sys
@@ -127,6 +128,12 @@ def _add_peer_options(
         "(default 32; 0: never)",
     )
     parser.add_argument("--max-links", type=int, default=20, help="link budget (default 20)")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the core compiled by mypyc: faster (built once per version, minutes; "
+        "needs a C compiler and Python's headers)",
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     if server:
         parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
@@ -659,7 +666,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _setup_logging(0, logging.ERROR)
         return asyncio.run(_demo(args))
+    if args.compiled:
+        from .sim import compiled
+
+        if not compiled.is_compiled():
+            return _rerun_compiled(args.command, args_list)
     _setup_logging(args.verbose, logging.INFO if args.command == "serve" else logging.WARNING)
+    if args.compiled:
+        logging.getLogger("peer_relay.cli").info("running the core compiled by mypyc")
     runners = {"serve": _serve, "listen": _listen, "send": _send, "request": _request}
     try:
         return asyncio.run(runners[args.command](args))
@@ -673,6 +687,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         return _failed(args, "failed", exc)
+
+
+def _rerun_compiled(command: str, args_list: list[str]) -> int:
+    """Build the compiled core if it is not built yet, then become ``peer-relay args_list``
+    running on it (the same process id, so signals reach it as before)."""
+    from .sim import compiled
+
+    if not compiled.is_built():
+        print(f"peer-relay {command}: compiling the core with mypyc (once) ...", file=sys.stderr)
+    try:
+        target = compiled.build()
+    except compiled.CompileError as exc:
+        first = str(exc).splitlines()[0]
+        print(
+            f"peer-relay {command}: cannot compile the core ({first}); run without --compiled",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = [sys.executable, "-m", "peer_relay.cli", *args_list]
+    os.execve(sys.executable, argv, compiled.environ(target))
 
 
 if __name__ == "__main__":

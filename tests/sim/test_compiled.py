@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+from peer_relay import PeerRelay
 from peer_relay.sim import compiled
 from peer_relay.sim.runner import SimParams, run_simulation
 
@@ -62,3 +66,56 @@ def test_simulate_compiled_on_the_command_line() -> None:
 
     fast, slow = digest("--compiled"), digest()
     assert fast[0] == "compiled" and slow[0] == "python" and fast[1] == slow[1]
+
+
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
+)
+@pytest.mark.timeout(BUILD_TIMEOUT)
+async def test_a_live_peer_runs_compiled_with_compiled_on_the_command_line() -> None:
+    """``peer-relay listen --compiled`` runs the compiled core and takes part as any peer:
+    messages from an uncompiled peer reach it through an uncompiled relay."""
+    await asyncio.to_thread(compiled.build)
+    async with PeerRelay(port=0, host="127.0.0.1") as relay:
+        proc = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "peer_relay.cli", "listen", "--compiled", "-v"),
+            *("--bootstrap", relay.url or ""),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            said: list[str] = []
+            while not any("listening as" in line for line in said):
+                line = await asyncio.wait_for(proc.stderr.readline(), 60)
+                assert line, f"listen exited: {said}"
+                said.append(line.decode())
+            assert any("running the core compiled by mypyc" in line for line in said), said
+            listener = bytes.fromhex(said[-1].split()[-1])
+            async with PeerRelay(bootstrap=[relay.url or ""]) as sender:
+                await sender.wait_for_peers(1)
+                for n in range(3):
+                    await sender.deliver(listener, {"n": n})
+            lines = [
+                json.loads(await asyncio.wait_for(proc.stdout.readline(), 10)) for _ in range(3)
+            ]
+            assert [line["data"] for line in lines] == [{"n": 0}, {"n": 1}, {"n": 2}]
+        finally:
+            proc.terminate()
+            await proc.wait()
+
+
+def test_old_builds_are_pruned_from_the_cache(tmp_path: Path) -> None:
+    builds = []
+    for age in range(6):
+        build = tmp_path / f"build{age}"
+        build.mkdir()
+        (build / "BUILT").write_text("x")
+        os.utime(build / "BUILT", (1000 - age, 1000 - age))
+        builds.append(build)
+    (tmp_path / "half-built").mkdir()  # a build under way elsewhere: left alone
+    current = builds[5]  # the oldest by time, but the one just built
+    compiled.prune(tmp_path, keep=current)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["build0", "build1", "build5", "half-built"]
+    assert compiled.KEEP == 3

@@ -38,6 +38,8 @@ MODULES = (
 already) cost far more than its Python."""
 
 _DONE = "BUILT"
+KEEP = 3
+"""Builds kept in the cache (the newest); older ones are removed after each new build."""
 
 
 class CompileError(RuntimeError):
@@ -72,6 +74,11 @@ def is_compiled() -> bool:
     return not str(core.__file__).endswith(".py")
 
 
+def is_built() -> bool:
+    """Whether the compiled copy of these sources is in the cache already."""
+    return (cache_dir() / _DONE).exists()
+
+
 def build(verbose: bool = False) -> Path:
     """Compile the modules (unless already built for these sources); return the directory to
     put first on ``sys.path``. Raise :class:`CompileError` if mypyc fails."""
@@ -101,7 +108,19 @@ def build(verbose: bool = False) -> Path:
                 raise
         else:
             work.mkdir()  # for TemporaryDirectory's cleanup
+    prune(target.parent, keep=target)
     return target
+
+
+def prune(cache: Path, keep: Path) -> None:
+    """Remove all but the :data:`KEEP` newest builds in ``cache`` (never ``keep``)."""
+    builds = sorted(
+        (p for p in cache.iterdir() if (p / _DONE).exists() and p != keep),
+        key=lambda p: (p / _DONE).stat().st_mtime,
+        reverse=True,
+    )
+    for old in builds[KEEP - 1 :]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def environ(target: Path) -> dict[str, str]:

@@ -8,8 +8,19 @@ link). Columns, each a real run in this process tree:
   ours-sealed     PeerRelay() defaults: send() sealed end to end in sessions (authenticated)
   0.0.2-nodeflate peer-relay@0.0.2 in one Node process, ws permessage-deflate off
   0.0.2           the same as shipped (ws 1.1.5 compresses every message)
+  ours-compiled   ours-unsigned in a child process importing the copy of the package whose hot
+                  modules mypyc compiled (``peer_relay.sim.compiled``: core, table, ids, wire,
+                  events, host, sealing; node and transports stay Python), as
+                  ``peer-relay serve --compiled`` runs it. Built before the
+                  rounds, once per version of the sources (a few minutes; needs a C compiler,
+                  else the column is skipped with a note)
   bare-websockets asyncio + websockets + orjson: c2 parses, appends to ``path``, re-serialises,
                   forwards; nothing else (no ids, no signatures, no routing table, no dedup)
+  bare-websockets-sansio
+                  the same chain on websockets' sans-I/O layer (``ServerProtocol`` and
+                  ``ClientProtocol``) driven by plain ``asyncio.Protocol`` objects: frames
+                  handled in ``data_received``, written straight to the transport, no task or
+                  future per message; websockets at its best, to set against bare-picows
   bare-picows     the same chain on picows (Cython WebSocket layer for asyncio)
 
 For each, and for a small (~24 B) and a 1 KiB payload (a random hex body; 64 of them in turn,
@@ -31,16 +42,17 @@ WebRTC), no churn and no hostile peers, and 0.0.2 without any of the checks that
 
 Needs Node.js 20 and npm for the 0.0.2 columns (``peer-relay@0.0.2`` is installed once into
 ``.cache/npm-original``, as the interop tests do); without them those columns are skipped.
-The picows column needs ``picows``, which is NOT a dependency of peer-relay:
-
-    .venv/bin/pip install picows
+picows is what our own WebSocket links run on; websockets comes with the test dependencies.
 
     python benchmarks/compare.py [--rounds 5] [--messages 20000] [--pings 2000] [--peers 200]
                                  [--sends 300] [--columns a,b,...] [--sizes small,1KiB]
                                  [--no-memory] [--quick] [--json]
 
-A default run takes about 5-6 minutes on 2 cores; ``--quick`` (1 round, 2,000 messages, 200
-pings, 30 peers) about 30 s. Progress lines go to stderr, the summary to stdout.
+A default run (all eight columns and the memory test) takes about 5-6 minutes on 2 cores;
+``--quick`` (1 round, 2,000 messages, 200 pings, 30 peers) about 40 s. Add 1.5-2 minutes before
+the rounds whenever ours-compiled has to compile the current sources (the cache is keyed by a
+hash of every source file of the package, so any edit means a new build). Progress lines go to
+stderr, the summary to stdout.
 """
 
 from __future__ import annotations
@@ -66,12 +78,22 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+COMPILED_CHILD = "PEER_RELAY_COMPARE_COMPILED"
+"""Set in the environment of the ours-compiled child, whose PYTHONPATH starts with the compiled
+copy of the package: then ``src`` must not go first on the import path."""
+if not os.environ.get(COMPILED_CHILD):
+    sys.path.insert(0, str(REPO / "src"))
 
 import orjson  # noqa: E402
 from websockets.asyncio.client import connect as ws_connect  # noqa: E402
 from websockets.asyncio.server import serve as ws_serve  # noqa: E402
+from websockets.client import ClientProtocol  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.frames import CloseCode, Frame, Opcode  # noqa: E402
+from websockets.http11 import Request, Response  # noqa: E402
+from websockets.protocol import State  # noqa: E402
+from websockets.server import ServerProtocol  # noqa: E402
+from websockets.uri import parse_uri  # noqa: E402
 
 from peer_relay import PeerRelay  # noqa: E402
 
@@ -95,8 +117,12 @@ OURS_MODES: dict[str, dict[str, Any]] = {
     "ours-unsigned": {"sign": False, "allow_unsigned": True},
     "ours-sealed": {},
 }
+COMPILED_MODE = "ours-unsigned"
+"""What the ours-compiled column runs, in a child process on the mypyc-compiled modules."""
 
 Result = dict[str, Any]
+Raw = bytes | bytearray | memoryview
+"""A received frame's payload, as the WebSocket libraries hand it over."""
 
 
 def bodies(length: int) -> list[str]:
@@ -219,7 +245,7 @@ class ChainEnds:
         self.pong: asyncio.Future[None] | None = None
         self.want = -1
 
-    def at_c3(self, raw: bytes | memoryview) -> bytes | None:
+    def at_c3(self, raw: Raw) -> bytes | None:
         """c3 got a frame: a reply to send back, or None."""
         msg = orjson.loads(raw)
         if self.echo:
@@ -230,7 +256,7 @@ class ChainEnds:
             self.done.set()
         return None
 
-    def at_c1(self, raw: bytes | memoryview) -> None:
+    def at_c1(self, raw: Raw) -> None:
         msg = orjson.loads(raw)
         pong = self.pong
         if pong is not None and not pong.done() and msg["data"]["data"]["seq"] == self.want:
@@ -324,6 +350,200 @@ async def bare_websockets_unit(body_len: int, messages: int, pings: int) -> Resu
             finally:
                 for task in tasks:
                     task.cancel()
+
+
+CLOSE_TIMEOUT = 2.0
+
+
+class SansIOConn(asyncio.Protocol):
+    """One end of a connection in the bare-websockets-sansio chain: websockets' sans-I/O
+    protocol object driven by a plain ``asyncio.Protocol``. Bytes from the socket go to
+    ``receive_data``; complete text messages go to ``on_text`` synchronously; whatever the
+    protocol has to send (handshake, frames, pongs, close, EOF) is written to the transport
+    at once. No task or future per message."""
+
+    def __init__(
+        self,
+        ws: ServerProtocol | ClientProtocol,
+        on_text: Callable[[SansIOConn, Raw], None],
+        on_open: Callable[[SansIOConn, str], None] | None = None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        self.ws = ws
+        self.on_text = on_text
+        self.on_open = on_open
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.opened: asyncio.Future[None] = loop.create_future()  # client: handshake done
+        self.closed: asyncio.Future[None] = loop.create_future()  # the TCP connection is gone
+        self.writable = asyncio.Event()
+        self.writable.set()
+        self.fragments: list[Raw] | None = None  # a fragmented text message
+        self.close_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if isinstance(self.ws, ClientProtocol):
+            self.ws.send_request(self.ws.connect())
+            self.flush()
+
+    def data_received(self, data: bytes) -> None:
+        ws = self.ws
+        ws.receive_data(data)
+        self.flush()  # automatic replies: pong, close, EOF
+        for event in ws.events_received():
+            if event.__class__ is Frame:
+                self.frame(event)
+            elif isinstance(event, Request):  # server: the opening handshake
+                ws_server: ServerProtocol = ws  # type: ignore[assignment]
+                ws_server.send_response(ws_server.accept(event))
+                self.flush()
+                if ws.state is State.OPEN and self.on_open is not None:
+                    self.on_open(self, event.path)
+            elif isinstance(event, Response):  # client: the reply to the handshake
+                if ws.handshake_exc is not None:
+                    self.opened.set_exception(ws.handshake_exc)
+                else:
+                    self.opened.set_result(None)
+        if ws.close_expected():
+            self.expect_close()
+
+    def frame(self, frame: Frame) -> None:
+        opcode = frame.opcode
+        if opcode is Opcode.TEXT:
+            if frame.fin:
+                self.on_text(self, frame.data)
+            else:
+                self.fragments = [frame.data]
+        elif opcode is Opcode.CONT and self.fragments is not None:
+            self.fragments.append(frame.data)
+            if frame.fin:
+                whole, self.fragments = b"".join(self.fragments), None
+                self.on_text(self, whole)
+        # BINARY (and its continuations): these chains send text only. PING, PONG, CLOSE: the
+        # protocol object answers them itself (written by flush()).
+
+    def eof_received(self) -> bool:
+        self.ws.receive_eof()
+        self.flush()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.ws.receive_eof()  # idempotent; moves the state on if the peer just vanished
+        if self.close_timer is not None:
+            self.close_timer.cancel()
+        if isinstance(self.ws, ClientProtocol) and not self.opened.done():
+            self.opened.set_exception(ConnectionError("closed during the handshake"))
+        if not self.closed.done():
+            self.closed.set_result(None)
+        self.writable.set()
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    # -- writing
+
+    def flush(self) -> None:
+        transport = self.transport
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():  # SEND_EOF: half-close
+                transport.write_eof()
+            else:
+                transport.close()
+
+    def send(self, data: bytes) -> None:
+        ws = self.ws
+        if ws.state is not State.OPEN:  # closing: drop, as a closed socket would
+            return
+        ws.send_text(data)
+        transport = self.transport
+        for chunk in ws.data_to_send():
+            transport.write(chunk)
+
+    def close(self) -> None:
+        if self.ws.state is State.OPEN:
+            self.ws.send_close(CloseCode.NORMAL_CLOSURE)
+            self.flush()
+            self.expect_close()
+
+    def expect_close(self) -> None:
+        """The peer should close the TCP connection now; close it ourselves if it does not."""
+        if self.close_timer is None and not self.closed.done():
+            loop = asyncio.get_running_loop()
+            self.close_timer = loop.call_later(CLOSE_TIMEOUT, self.transport.abort)
+
+
+async def bare_websockets_sansio_unit(body_len: int, messages: int, pings: int) -> Result:
+    ends = ChainEnds(messages)
+    conns: dict[str, SansIOConn] = {}
+    both = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def opened(conn: SansIOConn, path: str) -> None:  # c2 accepted a connection
+        conns[path.lstrip("/")] = conn
+        if len(conns) == 2:
+            both.set()
+
+    def relay(conn: SansIOConn, raw: Raw) -> None:  # c2
+        msg = orjson.loads(raw)
+        msg["path"].append(ends.id2)
+        out = conns.get(msg["to"])
+        if out is not None:
+            out.send(orjson.dumps(msg))
+
+    # c2 keeps writing when a buffer passes the high-water mark (asyncio buffers it), as in
+    # bare-picows: c1 waits on its own buffer and c3 reads faster than c2 writes.
+    def accept() -> SansIOConn:
+        return SansIOConn(ServerProtocol(), relay, opened)
+
+    def at_c3(conn: SansIOConn, raw: Raw) -> None:
+        reply = ends.at_c3(raw)
+        if reply is not None:
+            conn.send(reply)
+
+    def at_c1(conn: SansIOConn, raw: Raw) -> None:
+        ends.at_c1(raw)
+
+    server = await loop.create_server(accept, "127.0.0.1", 0)
+    clients: list[SansIOConn] = []
+    try:
+        port = server.sockets[0].getsockname()[1]
+        base = f"ws://127.0.0.1:{port}/"
+        c1 = SansIOConn(ClientProtocol(parse_uri(base + ends.id1)), at_c1)
+        c3 = SansIOConn(ClientProtocol(parse_uri(base + ends.id3)), at_c3)
+        await loop.create_connection(lambda: c1, "127.0.0.1", port)
+        clients.append(c1)
+        await loop.create_connection(lambda: c3, "127.0.0.1", port)
+        clients.append(c3)
+        await asyncio.wait_for(asyncio.gather(c1.opened, c3.opened), 10)
+        await asyncio.wait_for(both.wait(), 10)
+
+        async def flow() -> None:
+            while c1.transport.get_write_buffer_size() > HIGH_WATER:
+                await c1.writable.wait()
+                await asyncio.sleep(0)
+
+        return await ends.run(c1.send, flow, body_len, pings)
+    finally:
+        # The closing handshake: the clients send close, c2 answers and closes the TCP
+        # connection, the clients see EOF; anything left after the timeout is aborted.
+        for conn in clients:
+            conn.close()
+        everyone = [*clients, *conns.values()]
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*(c.closed for c in everyone)), CLOSE_TIMEOUT + 1)
+        for conn in everyone:
+            if not conn.closed.done():
+                conn.transport.abort()
+        server.close()
+        await server.wait_closed()
 
 
 async def bare_picows_unit(body_len: int, messages: int, pings: int) -> Result:
@@ -738,6 +958,33 @@ async def ours_memory(peers: int, sends: int, settle_max: float) -> Result:
         await asyncio.gather(*(n.destroy() for n in nodes), return_exceptions=True)
 
 
+def ours_compiled_subprocess(target: Path, body_len: int, messages: int, pings: int) -> Result:
+    """One unit of ours-unsigned in a fresh process that imports the copy of the package in
+    ``target`` (from ``peer_relay.sim.compiled.build``): its hot modules compiled by mypyc, the
+    rest (node, transports) the same source as pure Python."""
+    from peer_relay.sim import compiled
+
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--compiled-child"]
+    cmd += [f"--body-len={body_len}", f"--messages={messages}", f"--pings={pings}"]
+    env = dict(compiled.environ(target), **{COMPILED_CHILD: "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    if proc.returncode != 0:
+        tail = "\n".join(proc.stderr.strip().splitlines()[-8:])
+        raise RuntimeError(f"compiled child exited {proc.returncode}:\n{tail}")
+    result: Result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def compiled_child(body_len: int, messages: int, pings: int) -> Result:
+    """In the child of :func:`ours_compiled_subprocess`: check that the compiled modules were
+    imported, then run the unit."""
+    from peer_relay.sim import compiled
+
+    if not compiled.is_compiled():
+        raise SystemExit(f"the compiled core was not imported (peer_relay from {REPO})")
+    return in_loop(functools.partial(ours_unit, COMPILED_MODE), body_len, messages, pings)
+
+
 def ours_memory_subprocess(peers: int, sends: int, settle_max: float) -> Result:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--memory-child"]
     cmd += [f"--peers={peers}", f"--sends={sends}", f"--settle-max={settle_max}"]
@@ -756,9 +1003,14 @@ COLUMNS = [
     "ours-sealed",
     "0.0.2-nodeflate",
     "0.0.2",
+    "ours-compiled",
     "bare-websockets",
+    "bare-websockets-sansio",
     "bare-picows",
 ]
+
+
+WIDTH = max(len(c) for c in COLUMNS)
 
 
 def med(runs: list[Result | None], key: str) -> float | None:
@@ -796,14 +1048,40 @@ def build_units(
         elif column.startswith("0.0.2"):
             if node is not None:
                 units[column] = functools.partial(node.chain, column == "0.0.2")
+        elif column == "ours-compiled":
+            target = build_compiled(notes)
+            if target is not None:
+                units[column] = functools.partial(ours_compiled_subprocess, target)
         elif column == "bare-websockets":
             units[column] = functools.partial(in_loop, bare_websockets_unit)
+        elif column == "bare-websockets-sansio":
+            units[column] = functools.partial(in_loop, bare_websockets_sansio_unit)
         elif column == "bare-picows":
             if picows is None:
                 notes.append(f"bare-picows skipped: picows is not installed (`{PICOWS_HINT}`)")
             else:
                 units[column] = functools.partial(in_loop, bare_picows_unit)
     return units, node
+
+
+def build_compiled(notes: list[str]) -> Path | None:
+    """The directory of the mypyc-compiled copy (built now if these sources were not built
+    yet: a few minutes), or None with a note if it cannot be built."""
+    from peer_relay.sim import compiled
+
+    if not compiled.cache_dir().exists():
+        print(
+            "  ours-compiled: compiling the hot modules with mypyc (once per version of the "
+            "sources, a few minutes) ...",
+            file=sys.stderr,
+        )
+    try:
+        return compiled.build()
+    except (compiled.CompileError, OSError, subprocess.SubprocessError) as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        why = " ".join(lines[:1] + lines[1:][-1:]) or type(exc).__name__  # first and last
+        notes.append(f"ours-compiled skipped: cannot build the compiled modules: {why}")
+        return None
 
 
 def ratio(
@@ -840,11 +1118,20 @@ RATIOS = [
     ("throughput", "msg_per_s", "ours-sealed", "0.0.2-nodeflate"),
     ("throughput", "msg_per_s", "ours-sealed", "ours-unsigned"),
     ("throughput", "msg_per_s", "0.0.2", "0.0.2-nodeflate"),
+    ("throughput", "msg_per_s", "ours-compiled", "ours-unsigned"),
+    ("throughput", "msg_per_s", "ours-compiled", "bare-websockets"),
+    ("throughput", "msg_per_s", "ours-compiled", "0.0.2-nodeflate"),
     ("throughput", "msg_per_s", "bare-picows", "bare-websockets"),
+    ("throughput", "msg_per_s", "bare-websockets-sansio", "bare-websockets"),
+    ("throughput", "msg_per_s", "bare-picows", "bare-websockets-sansio"),
     ("RTT p50", "rtt_p50_us", "ours-unsigned", "0.0.2-nodeflate"),
     ("RTT p99", "rtt_p99_us", "ours-unsigned", "0.0.2-nodeflate"),
     ("RTT p50", "rtt_p50_us", "ours-sealed", "0.0.2-nodeflate"),
     ("RTT p99", "rtt_p99_us", "ours-sealed", "0.0.2-nodeflate"),
+    ("RTT p50", "rtt_p50_us", "ours-compiled", "0.0.2-nodeflate"),
+    ("RTT p99", "rtt_p99_us", "ours-compiled", "0.0.2-nodeflate"),
+    ("RTT p50", "rtt_p50_us", "bare-picows", "bare-websockets-sansio"),
+    ("RTT p99", "rtt_p99_us", "bare-picows", "bare-websockets-sansio"),
 ]
 """The ratios printed: (label, measure, numerator column, denominator column)."""
 
@@ -863,10 +1150,15 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke: 1 round, few messages")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--body-len", type=int, default=SIZES["small"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         result = asyncio.run(ours_memory(args.peers, args.sends, args.settle_max))
         print(json.dumps(result))
+        return
+    if args.compiled_child:
+        print(json.dumps(compiled_child(args.body_len, args.messages, args.pings)))
         return
     if args.quick:
         args.rounds, args.messages, args.pings = 1, 2_000, 200
@@ -902,14 +1194,15 @@ def main() -> None:
                         first = (str(exc) or type(exc).__name__).splitlines()[0]
                         notes.append(f"round {rnd + 1} {size} {column} failed: {first}")
                         say(
-                            f"  round {rnd + 1} {size:5} {column:15} FAILED: {exc}", file=sys.stderr
+                            f"  round {rnd + 1} {size:5} {column:{WIDTH}} FAILED: {exc}",
+                            file=sys.stderr,
                         )
                         results[column][size].append(None)
                         continue
                     r["seconds"] = time.perf_counter() - t0
                     results[column][size].append(r)
                     say(
-                        f"  round {rnd + 1} {size:5} {column:15} {r['msg_per_s']:9,.0f} msg/s "
+                        f"  round {rnd + 1} {size:5} {column:{WIDTH}} {r['msg_per_s']:9,.0f} msg/s "
                         f"({r['delivery']:.1%}) p50 {fmt(r['rtt_p50_us'], 7)} us p99 "
                         f"{fmt(r['rtt_p99_us'], 7)} us  [{r['seconds']:.1f} s, load {load()}]",
                         file=sys.stderr,
@@ -986,7 +1279,7 @@ def main() -> None:
             runs = per_size[size]
             done = [r for r in runs if r is not None]
             if not done:
-                print(f"  {column:15} failed in every round")
+                print(f"  {column:{WIDTH}} failed in every round")
                 continue
             delivered = min(r["delivery"] for r in done)
             lost = sum(r["pings_lost"] for r in done)
@@ -994,7 +1287,7 @@ def main() -> None:
             if len(done) < len(runs):
                 extra += f", {len(runs) - len(done)} rounds failed"
             print(
-                f"  {column:15} {fmt(med(runs, 'msg_per_s'), 9)} msg/s  delivered >= "
+                f"  {column:{WIDTH}} {fmt(med(runs, 'msg_per_s'), 9)} msg/s  delivered >= "
                 f"{delivered:7.2%}  RTT p50 {fmt(med(runs, 'rtt_p50_us'), 6)} us  "
                 f"p99 {fmt(med(runs, 'rtt_p99_us'), 6)} us{extra}"
             )
@@ -1012,10 +1305,11 @@ def main() -> None:
                 f"delivered {m['delivered']} of {m['sent']}"
             )
     print("ratios (ratio of medians; in brackets the range of the per-round ratios):")
+    width = max((len(label) for lines in ratios.values() for label in lines), default=0)
     for group, lines in ratios.items():
         for label, value in lines.items():
             if value is not None:  # a column that was skipped or failed: nothing to compare
-                print(f"  {group:6} {label:44} {show(value)}")
+                print(f"  {group:6} {label:{width}} {show(value)}")
 
 
 def per_link(m: Result) -> str:

@@ -1,9 +1,19 @@
 """Page load, WebRTC setup and session costs of the browser peer (Pyodide in headless Chromium).
 
-    .venv/bin/python benchmarks/browser_timings.py [--rounds 5]
+    .venv/bin/python benchmarks/browser_timings.py [--rounds 5] [--loads 5] [--only-loads]
 
 Builds the web folder, serves it on 127.0.0.1, starts Python peers (aiortc for WebRTC) and one
-Chromium (Debian's, through Playwright), then measures, each round on fresh pages:
+Chromium (Debian's, through Playwright), then measures:
+
+- the first load, compressed or not, side by side in one run: bytes transferred (bodies and
+  headers, the Performance API's ``transferSize``), files, and the time from a blank page to
+  ``ready``, each load in a new browser context (an empty HTTP cache), from three servers of
+  the same build: brotli (what Chromium gets), gzip only, and uncompressed; on loopback, and
+  through Chromium's network emulation of a ``--throttle`` Mbit/s link with 20 ms latency;
+  then a second visit in the same context (versioned files from the cache, the rest
+  revalidated). ``--loads`` loads of each, interleaved; medians, and ratios to uncompressed;
+
+and, each of ``--rounds`` rounds on fresh pages:
 
 - load: from ``new PeerRelay(...)`` in a blank page to ``ready`` (Pyodide, our package, a key),
   the browser's first page apart (it compiles the WebAssembly; later pages reuse its cache);
@@ -27,7 +37,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import json
+import os
+import platform
 import shutil
 import statistics
 import time
@@ -144,6 +157,99 @@ def session_cost_here(runs: int, pure: bool) -> dict[str, float]:
         noise.use_pure_python(previous)
 
 
+LOAD = """async () => {
+  const t0 = performance.now()
+  const { PeerRelay } = await import('/peer-relay.js')
+  const peer = new PeerRelay({ options: { refresh_interval: 3600 } })
+  await peer.ready
+  const ms = performance.now() - t0
+  const entries = [...performance.getEntriesByType('navigation'),
+                   ...performance.getEntriesByType('resource')]
+  peer.destroy()
+  return { ms, bytes: entries.reduce((sum, e) => sum + e.transferSize, 0),
+           files: entries.filter((e) => e.transferSize > 0).length }
+}"""
+SERVED = {"brotli": ("br", "gzip"), "gzip": ("gzip",), "uncompressed": ()}
+"""The servers of the load comparison: name -> the content codings it answers with."""
+
+
+async def load(browser: Any, base: str, throttle: float) -> dict[str, dict[str, float]]:
+    """A first load from ``base`` in a new context (an empty cache), then a second visit;
+    ``throttle``: Mbit/s of the emulated link (0: none)."""
+    context = await browser.new_context()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for visit in ("first load", "second visit"):
+            page = await context.new_page()
+            if throttle:
+                cdp = await context.new_cdp_session(page)
+                await cdp.send("Network.enable")
+                await cdp.send(
+                    "Network.emulateNetworkConditions",
+                    {
+                        "offline": False,
+                        "latency": 20,
+                        "downloadThroughput": throttle * 1e6 / 8,
+                        "uploadThroughput": throttle * 1e6 / 8,
+                    },
+                )
+            started = time.perf_counter()
+            await page.goto(base + "blank.html")
+            result = await asyncio.wait_for(page.evaluate(LOAD), 180)
+            result["wall"] = (time.perf_counter() - started) * 1000
+            results[visit] = result
+            await page.close()
+    finally:
+        await context.close()
+    return results
+
+
+async def compare_loads(browser: Any, root: Path, args: argparse.Namespace) -> None:
+    """The first load and a second visit, from each of :data:`SERVED`, side by side."""
+    networks = {"loopback": 0.0}
+    if args.throttle:
+        networks[f"{args.throttle:g} Mbit/s, 20 ms"] = args.throttle
+    servers = {name: WebServer(root, encodings=codings) for name, codings in SERVED.items()}
+    bases = {name: await server.start("127.0.0.1", 0) for name, server in servers.items()}
+    rows: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    load_before = os.getloadavg()
+    try:
+        await load(browser, bases["brotli"], 0)  # warm-up: the browser's own first start
+        for _ in range(args.loads):
+            for network, throttle in networks.items():
+                for name, base in bases.items():
+                    for visit, result in (await load(browser, base, throttle)).items():
+                        rows.setdefault((network, visit, name), []).append(result)
+    finally:
+        for server in servers.values():
+            await server.close()
+    load_after = os.getloadavg()
+    print(
+        f"{datetime.datetime.now().isoformat(timespec='seconds')}, {platform.node()}, "
+        f"{os.cpu_count()} cores, load average {load_before[0]:.2f} before, "
+        f"{load_after[0]:.2f} after; Chromium {browser.version}"
+    )
+    print(f"Load to ready from a blank page, medians of {args.loads} (min-max of the time):")
+    header = f"  {'':<48}{'files':>6}{'bytes':>12}{'x':>7}{'ready ms':>10}{'x':>7}   range ms"
+    print(header)
+    for network in networks:
+        for visit in ("first load", "second visit"):
+            plain = rows[(network, visit, "uncompressed")]
+            plain_bytes = statistics.median(r["bytes"] for r in plain)
+            plain_ms = statistics.median(r["ms"] for r in plain)
+            for name in SERVED:
+                results = rows[(network, visit, name)]
+                files = statistics.median(r["files"] for r in results)
+                size = statistics.median(r["bytes"] for r in results)
+                ms = [r["ms"] for r in results]
+                ready = statistics.median(ms)
+                print(
+                    f"  {network + ', ' + visit + ', ' + name:<48}{files:>6.0f}{size:>12,.0f}"
+                    f"{size / plain_bytes if plain_bytes else 0:>7.2f}{ready:>10.0f}"
+                    f"{ready / plain_ms:>7.2f}   {min(ms):.0f}-{max(ms):.0f}"
+                )
+
+
 async def open_page(browser: Any, base: str, hub: str) -> tuple[Any, str, float]:
     page = await browser.new_page()
     await page.goto(base + "blank.html")
@@ -200,6 +306,11 @@ async def main() -> None:
         "--runs", type=int, default=20, help="handshakes per page (and batches of 50 seals)"
     )
     parser.add_argument("--delivers", type=int, default=20, help="deliveries after the first")
+    parser.add_argument("--loads", type=int, default=5, help="loads of each server compared")
+    parser.add_argument(
+        "--throttle", type=float, default=50, help="Mbit/s of the emulated link (0: loopback only)"
+    )
+    parser.add_argument("--only-loads", action="store_true", help="only the load comparison")
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     args = parser.parse_args()
     from playwright.async_api import async_playwright
@@ -216,6 +327,10 @@ async def main() -> None:
         base = await web.start("127.0.0.1", 0)
         browser = await pw.chromium.launch(executable_path=args.chromium, args=FLAGS)
         try:
+            if args.loads:
+                await compare_loads(browser, Path(root), args)
+            if args.only_loads:
+                return
             for _ in range(args.rounds):
                 await round_(browser, base, results, args)
         finally:

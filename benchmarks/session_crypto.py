@@ -147,10 +147,8 @@ FLAGS = [
     "--disable-sync",
 ]
 BROWSER_RUN = """async ({ code, runs, sizes }) => {
-  const { loadPyodide } = await import('/pyodide/pyodide.mjs')
-  const pyodide = await loadPyodide({ indexURL: new URL('/pyodide/', location.href).href })
-  const bundle = await fetch('/peer_relay.zip')
-  pyodide.unpackArchive(await bundle.arrayBuffer(), 'zip', { extractDir: '/home/pyodide/pkg' })
+  const { loadRuntime } = await import('/peer-relay.js')
+  const pyodide = await loadRuntime()
   pyodide.globals.set('timings_source', code)
   pyodide.globals.set('runs', runs)
   const pure = JSON.parse(pyodide.runPython(`

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from peer_relay import wire
 from peer_relay.browser import BrowserPeer
 from peer_relay.browser.peer import _RtcLink
 from peer_relay.core import Config, Core
@@ -261,7 +262,9 @@ async def test_deliveries_and_requests_cross_with_their_tokens_as_text(
     assert answers["null"] == (False, None, "it broke", True)
     ok, _value, why, remote = answers["NaN"]
     assert (ok, remote) == (False, True)
-    assert why.startswith("the handler's reply cannot be sent: data is not interoperable JSON")
+    with pytest.raises(ValueError) as core_says:  # the core's own check, word for word
+        wire.canonical(float("nan"))
+    assert why == f"the handler's reply cannot be sent: {core_says.value}"
 
     # Bad calls raise at once, as the asyncio API's do; nothing is sent.
     for call, kind in (
@@ -353,6 +356,7 @@ async def test_malformed_remote_signals_are_counted_and_dropped(fake_browser: Ti
 SESSION_IN_THE_BUNDLE = """
 import sys
 from peer_relay import noise
+from peer_relay import wire
 from peer_relay.browser import BrowserPeer
 from peer_relay.identity import Identity
 from peer_relay.sealing import NoiseSuite, x25519_public_from_ed25519
@@ -374,10 +378,10 @@ def test_the_bundle_carries_sessions_without_cryptography(tmp_path: Any) -> None
     orjson, msgspec or websockets), runs a Noise handshake and seals with its pure Python."""
     import subprocess
 
-    from peer_relay.browser.build import _write_zip
+    from peer_relay.browser.build import _package_zip
 
     bundle = tmp_path / "peer_relay.zip"
-    _write_zip(bundle)
+    bundle.write_bytes(_package_zip())
     script = f"import sys; sys.path.insert(0, {str(bundle)!r})\n" + SESSION_IN_THE_BUNDLE
     done = subprocess.run(
         [sys.executable, "-S", "-I", "-c", script], capture_output=True, text=True, timeout=60
@@ -386,3 +390,46 @@ def test_the_bundle_carries_sessions_without_cryptography(tmp_path: Any) -> None
     loaded = set(json.loads(done.stdout.replace("'", '"')))
     for module in ("errors", "sealing", "purecrypto", "noise", "core.sessions", "core.delivery"):
         assert f"peer_relay.{module}" in loaded
+
+
+def test_what_javascript_marks_is_refused_as_its_python_counterpart() -> None:
+    """``peer-relay.js`` marks what JSON cannot carry; Python rebuilds it (stand-ins, cycles),
+    and the core refuses it with the words it uses for the Python counterpart."""
+    from peer_relay.browser.peer import MARK, _loads, stand_in
+
+    def mark(*kind: Any) -> dict[str, Any]:
+        return {MARK: list(kind)}
+
+    def refusal(value: Any) -> str:
+        with pytest.raises(ValueError) as info:
+            wire.canonical(value)
+        return str(info.value)
+
+    value = _loads(json.dumps({"a": [1, mark("cycle", 2)], "u": mark("undefined")}))
+    assert value["a"][1] is value and type(value["u"]).__name__ == "undefined"
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    for marked, python in (
+        ([1, mark("function")], [1, lambda: 1]),
+        ([mark("cycle", 1)], cycle),
+        ({"b": mark("bigint")}, {"b": stand_in("bigint")}),
+        (mark("Map"), stand_in("Map")),
+    ):
+        assert refusal(_loads(json.dumps(marked))) == refusal(python), marked
+    assert refusal(stand_in("undefined")).endswith("<class 'undefined'>")
+    # NaN and the infinities as JavaScript writes them for Python; a user's NUL key is data.
+    assert refusal(_loads("[NaN]")) == refusal([float("nan")])
+    assert _loads(json.dumps({"\x00js": 1, "b": 2})) == {"\x00js": 1, "b": 2}
+
+
+def test_errors_of_calls_from_javascript_are_kept_for_the_page() -> None:
+    from peer_relay.browser.peer import take_error
+
+    peer = BrowserPeer(emit=lambda name, args: None)
+    with pytest.raises(RuntimeError) as info:
+        peer.send("00" * 20, "1")  # not started
+    assert json.loads(take_error() or "") == ["RuntimeError", str(info.value)]
+    assert take_error() is None  # once
+    with pytest.raises(ValueError) as bad:
+        BrowserPeer(emit=lambda name, args: None, bootstrap=["http://x"])
+    assert json.loads(take_error() or "") == ["ValueError", str(bad.value)]

@@ -395,14 +395,21 @@ async def test_demo_page_shows_peers_and_messages(
 
 
 async def test_serve_web_serves_the_build_and_config(web_build: Path, tmp_path: Path) -> None:
+    from peer_relay.browser.build import cache_dir
+
     env = {**os.environ, "PEER_RELAY_CACHE": str(web_build.parent / "cache")}
     env["PYTHONPATH"] = str(ROOT / "src")
-    # The build the command makes is the one the session fixture made: point it there.
+    # The build the command makes is the one the session fixture made: point it there (the
+    # npm package, and what was compressed before).
     cache = Path(env["PEER_RELAY_CACHE"])
     (cache / "web-npm" / "node_modules").mkdir(parents=True, exist_ok=True)
     npm_pkg = cache / "web-npm" / "node_modules" / "pyodide"
+    [pyodide] = (web_build / "pyodide").iterdir()
     if not npm_pkg.exists():
-        npm_pkg.symlink_to(web_build / "pyodide", target_is_directory=True)
+        npm_pkg.symlink_to(pyodide, target_is_directory=True)
+    compressed = cache / "web-compressed"
+    if not compressed.exists():
+        compressed.symlink_to(cache_dir() / "web-compressed", target_is_directory=True)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -433,7 +440,7 @@ async def test_serve_web_serves_the_build_and_config(web_build: Path, tmp_path: 
         assert config["bootstrap"] == [lines["url"]]
         page = (await _http_get(base)).decode()
         assert "peer-relay in the browser" in page
-        assert len(await _http_get(base + "pyodide/pyodide.asm.wasm")) > 1_000_000
+        assert len(await _http_get(f"{base}pyodide/{pyodide.name}/pyodide.asm.wasm")) > 1_000_000
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 15)

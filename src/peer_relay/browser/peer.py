@@ -15,9 +15,13 @@ for with the browser's own objects, reached through Pyodide's ``js`` module:
   (:mod:`peer_relay.host`).
 
 The page script talks to it through ``peer-relay.js``; values cross as JSON text, so no Python
-object is held by JavaScript beyond the peer itself. Events go out through one JavaScript
-callback, ``emit(name, json_args)``. The tokens of deliveries and requests are 64-bit integers,
-beyond what a JavaScript number holds exactly, so they cross as decimal text.
+object is held by JavaScript beyond the peer itself. Errors are the core's, word for word: data
+JSON cannot carry crosses marked (:data:`MARK`) and ids and timeouts as JavaScript passed them,
+for the core's checks to refuse as they refuse the Python counterparts, and the page throws
+what was raised by type name and message (:func:`take_error`), not Pyodide's traceback.
+Events go out through one JavaScript callback, ``emit(name, json_args)``. The tokens of
+deliveries and requests are 64-bit integers, beyond what a JavaScript number holds exactly, so
+they cross as decimal text.
 
 Sessions (``send``, ``deliver``, ``request``) are the core's, over :mod:`peer_relay.noise` with
 its pure-Python backend (:mod:`peer_relay.purecrypto`), for the same reason as the signatures.
@@ -37,13 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..core import Config, Core
 from ..events import (
@@ -88,13 +93,132 @@ def _number(text: str) -> int | float:
     return value if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else float(text)
 
 
+# ---------------------------------------------------------------- values from JavaScript
+
+MARK = "\x00js"
+"""The member name of the objects ``peer-relay.js`` writes in place of what JSON cannot carry:
+``{"\\u0000js": [kind]}`` (``undefined``, ``function``, ``symbol``, ``bigint``, ``Map``, ...)
+and ``{"\\u0000js": ["cycle", levels up]}``; such data is always refused."""
+_MARK_JSON = '"\\u0000js"'
+_STAND_INS: dict[str, type] = {}
+
+
+def _function() -> None:
+    """What a JavaScript function in data or as an id stands for: a Python function."""
+
+
+def stand_in(kind: str) -> Any:
+    """A Python value for a JavaScript value Python has no counterpart of, named as JavaScript
+    names it (``undefined``, ``symbol``, ``bigint``, ``Map``, ...), so that the core's checks
+    refuse it with the words they use for a Python type (a function is a Python function)."""
+    if kind == "function":
+        return _function
+    cls = _STAND_INS.get(kind)
+    if cls is None:
+        cls = type(kind, (), {"__module__": "builtins", "__repr__": lambda self: kind})
+        _STAND_INS[kind] = cls
+    return cls()
+
+
+class _Cycle:
+    """Where JavaScript data referred back to one of its own containers (``up`` levels up)."""
+
+    __slots__ = ("up",)
+
+    def __init__(self, up: int) -> None:
+        self.up = up
+
+
+def _unmark(obj: dict[str, Any]) -> Any:
+    if len(obj) == 1 and MARK in obj and isinstance(obj[MARK], list) and obj[MARK]:
+        kind, *rest = obj[MARK]
+        if kind == "cycle" and rest and isinstance(rest[0], int):
+            return _Cycle(rest[0])
+        return stand_in(str(kind))
+    return obj
+
+
+def _tie(value: Any, open_: list[Any]) -> Any:
+    """``value`` with every :class:`_Cycle` replaced by the container it refers to."""
+    if isinstance(value, _Cycle):
+        return open_[-value.up] if 0 < value.up <= len(open_) else None
+    if isinstance(value, list | dict):
+        open_.append(value)
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in list(items):
+            value[key] = _tie(item, open_)
+        open_.pop()
+    return value
+
+
 def _loads(text: str) -> Any:
     """The value of JSON text written by ``peer-relay.js``: numbers as JavaScript meant them
-    (NaN and the infinities too, written as Python reads them, for the core to refuse)."""
+    (NaN and the infinities too, written as Python reads them), and what JSON cannot carry
+    (marked, see :data:`MARK`) as stand-ins and cycles: for the core to refuse, as it refuses
+    their Python counterparts."""
     try:
-        return json.loads(text, parse_int=_number)
-    except RecursionError:
+        if _MARK_JSON not in text:
+            return json.loads(text, parse_int=_number)
+        return _tie(json.loads(text, parse_int=_number, object_hook=_unmark), [])
+    except RecursionError:  # peer-relay.js writes no more than 512 levels
         raise ValueError("data is nested too deeply") from None
+
+
+def from_js(value: Any) -> Any:
+    """What Pyodide made of a JavaScript argument (an id, a timeout), as the Python value it
+    stands for: null as None, a ``Uint8Array`` as bytes, an array as a list, a plain object
+    as a dict, a function as a function; anything else as a :func:`stand_in` named as in
+    JavaScript. Strings, numbers, booleans and None (undefined) arrive as themselves."""
+    if value is None or isinstance(value, str | int | float | bool | bytes):
+        return value
+    try:
+        ffi = _ffi()
+    except ImportError:  # not in Pyodide (tests): Python values as they are
+        return value
+    if value is getattr(ffi, "jsnull", None) or type(value).__name__ == "JsNull":
+        return None
+    if not isinstance(value, ffi.JsProxy):
+        return value
+    kind = str(value.typeof)
+    if kind == "function":
+        return _function
+    if kind != "object":
+        return stand_in(kind)
+    constructor = getattr(value, "constructor", None)
+    name = str(getattr(constructor, "name", "Object") or "Object")
+    if isinstance(value, ffi.JsBuffer) and name in ("Uint8Array", "Buffer"):
+        return bytes(value.to_bytes())
+    if isinstance(value, ffi.JsArray) or name == "Object":
+        return value.to_py()
+    return stand_in(name)
+
+
+_last_error: tuple[str, str] | None = None
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _api(method: _F) -> _F:
+    """A method ``peer-relay.js`` calls: what it raises is also kept (:func:`take_error`), for
+    the page to throw the same error with the same one-line message, not Pyodide's
+    ``PythonError`` and its traceback."""
+
+    @functools.wraps(method)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        global _last_error
+        try:
+            return method(*args, **kwargs)
+        except Exception as exc:
+            _last_error = (type(exc).__name__, str(exc))
+            raise
+
+    return call  # type: ignore[return-value]
+
+
+def take_error() -> str | None:
+    """JSON ``[type name, message]`` of what the last call from JavaScript raised, once."""
+    global _last_error
+    error, _last_error = _last_error, None
+    return None if error is None else json.dumps(error)
 
 
 def _js_object(value: dict[str, Any]) -> Any:
@@ -408,9 +532,13 @@ class BrowserPeer:
     call returns its token (a delivery to our own id, say).
 
     Calls raise ``ValueError``/``TypeError``/``RuntimeError`` at once for what the asyncio
-    :class:`~peer_relay.PeerRelay` refuses with the same: a bad id, data or timeout.
+    :class:`~peer_relay.PeerRelay` refuses with the same: a bad id, data or timeout. Ids and
+    timeouts are taken as JavaScript passed them (:func:`from_js`), data as the JSON text
+    ``peer-relay.js`` writes (:data:`MARK`), so that the core's own checks judge them; what a
+    call raised is kept for the page (:func:`take_error`).
     """
 
+    @_api
     def __init__(
         self,
         *,
@@ -450,6 +578,7 @@ class BrowserPeer:
 
     # ------------------------------------------------------------------ API for peer-relay.js
 
+    @_api
     def start(self) -> None:
         """Create the core and dial the bootstrap peers."""
         if self._core is not None:
@@ -460,28 +589,32 @@ class BrowserPeer:
         self._core.bootstrap(self._bootstrap, time.time())
         self._flush()
 
-    def send(self, to: str, data_json: str) -> None:
-        """Send the JSON value ``data_json`` to peer ``to`` (hex)."""
+    @_api
+    def send(self, to: Any, data_json: str) -> None:
+        """Send the JSON value ``data_json`` to peer ``to`` (see :func:`from_js`)."""
         core = self._require_core()
-        core.send(parse_id(to), _loads(data_json), time.time())
+        core.send(from_js(to), _loads(data_json), time.time())
         self._flush()
 
-    def deliver(self, to: str, data_json: str, timeout: float = 10.0) -> str:
+    @_api
+    def deliver(self, to: Any, data_json: str, timeout: Any = 10.0) -> str:
         """Send the JSON value ``data_json`` to ``to`` through a session, wanting a receipt;
         return the token of the ``delivery`` event that says how it ended."""
         core = self._require_core()
-        token = core.deliver(to, _loads(data_json), time.time(), timeout)
+        token = core.deliver(from_js(to), _loads(data_json), time.time(), from_js(timeout))
         self._flush()
         return str(token)
 
-    def request(self, to: str, data_json: str, timeout: float = 10.0) -> str:
+    @_api
+    def request(self, to: Any, data_json: str, timeout: Any = 10.0) -> str:
         """Send the JSON value ``data_json`` to the request handler of ``to``; return the
         token of the ``reply`` event that brings its answer, or why there is none."""
         core = self._require_core()
-        token = core.request(to, _loads(data_json), time.time(), timeout)
+        token = core.request(from_js(to), _loads(data_json), time.time(), from_js(timeout))
         self._flush()
         return str(token)
 
+    @_api
     def respond(self, token: str, value_json: str, error: str | None = None) -> bool:
         """Answer the request of a ``request`` event: with the JSON value ``value_json``, or
         with ``error`` (the requester's ``RemoteError``). A reply that cannot be sent (not
@@ -501,19 +634,28 @@ class BrowserPeer:
         self._flush()
         return answered
 
-    def connect(self, to: str) -> None:
+    @_api
+    def hex_of(self, to: Any) -> str:
+        """``to`` as 40 lowercase hex digits; raise as the API calls do for a bad id."""
+        self._require_core()
+        return parse_id(from_js(to)).hex()
+
+    @_api
+    def connect(self, to: Any) -> None:
         """Ask for a direct link; the outcome comes as a ``connect`` event."""
         core = self._require_core()
-        core.connect(parse_id(to), time.time())
+        core.connect(from_js(to), time.time())
         self._flush()
 
-    def disconnect(self, to: str) -> bool:
+    @_api
+    def disconnect(self, to: Any) -> bool:
         """Close the direct link to ``to``; return whether there was one."""
         core = self._require_core()
-        closed = core.disconnect(parse_id(to), time.time())
+        closed = core.disconnect(from_js(to), time.time())
         self._flush()
         return closed
 
+    @_api
     def peers_json(self) -> str:
         """``[{"id", "transport"}, ...]`` of the open links, as JSON."""
         core = self._core
@@ -523,6 +665,7 @@ class BrowserPeer:
             [{"id": p.hex(), "transport": core.link_transport(p)} for p in core.peers]
         )
 
+    @_api
     def stats_json(self) -> str:
         """The core's counters, plus this adapter's drops, as JSON."""
         if self._core is None:
@@ -535,6 +678,7 @@ class BrowserPeer:
         out["links_open"] = len(self._core.peers)
         return json.dumps(out)
 
+    @_api
     def close(self) -> None:
         """Close every link and stop; idempotent. (``destroy`` is taken by Pyodide's proxies.)"""
         if self._destroyed:

@@ -21,29 +21,37 @@
 //   peer.on('request', async (data, from, info) => reply)  // the last one set answers; what
 //                                                  // it throws is the caller's RemoteError
 //
-// Timeouts are in seconds. Data is any JSON value; what JSON cannot carry unchanged (NaN, the
-// infinities, undefined, functions, symbols, BigInt, cycles, lone surrogates, nesting past 128
-// levels) makes the call throw at once, as do a bad id or timeout: with the Python API's error
-// and message where it has one (`err.name` 'ValueError', 'TypeError' or 'RuntimeError'). Object
-// members that are undefined are left out, as JSON.stringify does; send(id) with no data sends
-// null. A call made before `ready` returns a Promise that waits for it (errors then reject it).
+// Timeouts are in seconds. Data is any JSON value. A bad id, data or timeout makes the call throw
+// at once the error the Python API raises for the same (its Python counterpart), with the same
+// one-line message: a TypeError, or a ValueError or RuntimeError (exported here; `err.name` is
+// Python's). What JSON cannot carry unchanged is refused rather than sent changed: NaN and the
+// infinities, undefined, functions, symbols, BigInt, Map, Set, typed arrays, cycles, lone
+// surrogates, nesting past the Python API's limit. Object members that are undefined (or
+// functions or symbols) are left out and toJSON() is honoured, as JSON.stringify does; send(id)
+// with no data sends null. A call made before `ready` waits for it: deliver() and request()
+// return a Promise that rejects with the error, send() emits it as an 'error' event.
 
 const BASE = new URL('.', import.meta.url)
+// Where the build put Pyodide and our package: build.py writes their versioned names here.
+const FILES = { pyodide: 'pyodide/', bundle: 'peer_relay.zip' }
 let runtime = null
+let takeError = null // peer_relay.browser.peer.take_error, once the runtime is loaded
 
 /** Load Pyodide and the peer_relay package once per page; resolves to the Pyodide instance. */
 export function loadRuntime (base = BASE) {
   if (runtime === null) {
     runtime = (async () => {
       const t0 = performance.now()
-      const { loadPyodide } = await import(new URL('pyodide/pyodide.mjs', base).href)
-      const pyodide = await loadPyodide({ indexURL: new URL('pyodide/', base).href })
-      const bundle = await fetch(new URL('peer_relay.zip', base))
-      if (!bundle.ok) throw new Error(`peer_relay.zip: HTTP ${bundle.status}`)
+      const indexURL = new URL(FILES.pyodide, base).href
+      const { loadPyodide } = await import(new URL('pyodide.mjs', indexURL).href)
+      const pyodide = await loadPyodide({ indexURL })
+      const bundle = await fetch(new URL(FILES.bundle, base))
+      if (!bundle.ok) throw new Error(`${FILES.bundle}: HTTP ${bundle.status}`)
       pyodide.unpackArchive(await bundle.arrayBuffer(), 'zip', { extractDir: '/home/pyodide/pkg' })
       pyodide.runPython(
         "import sys\nsys.path.insert(0, '/home/pyodide/pkg')\nimport peer_relay.browser"
       )
+      takeError = pyodide.pyimport('peer_relay.browser.peer').take_error
       runtime.loadMs = performance.now() - t0
       return pyodide
     })()
@@ -68,21 +76,47 @@ export class RemoteError extends Error {
   }
 }
 
-/** An error named as Python's (ValueError, ...), so that both APIs fail alike. */
+/** Python's ValueError: a bad id, data or timeout (`err.name` 'ValueError'). */
+export class ValueError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = 'ValueError'
+  }
+}
+
+/** Python's RuntimeError: a call to a peer that was destroyed, say. */
+export class RuntimeError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = 'RuntimeError'
+  }
+}
+
+/** The JavaScript error for a Python exception: TypeError as itself, ValueError and
+ *  RuntimeError as the classes above, others as an Error named as Python names them. */
 function pythonLike (type, message) {
-  const err = type === 'TypeError' ? new TypeError(message) : new Error(message)
+  if (type === 'TypeError') return new TypeError(message)
+  if (type === 'ValueError') return new ValueError(message)
+  if (type === 'RuntimeError') return new RuntimeError(message)
+  const err = new Error(message)
   err.name = type
   return err
 }
 
-/** A Python exception raised through Pyodide as itself: its type and one-line message, not the
- *  traceback that Pyodide puts in the message. Anything else is returned as it is. */
+/** A Python exception raised through Pyodide as itself: its type and one-line message, which
+ *  Python kept for us (take_error), not the traceback Pyodide puts in the message. Anything
+ *  else is returned as it is. */
 function fromPython (err) {
   if (!err || err.constructor?.name !== 'PythonError' || typeof err.type !== 'string') return err
+  const kept = takeError && takeError()
+  if (kept) {
+    const [type, message] = JSON.parse(kept)
+    if (type === err.type) return pythonLike(type, message)
+  }
+  // Raised before our code ran (Pyodide's own checks): the last line of the traceback.
   const text = String(err.message).trimEnd()
-  const at = Math.max(text.lastIndexOf(`\n${err.type}: `), text.lastIndexOf(`.${err.type}: `))
-  const message = at >= 0 ? text.slice(at + err.type.length + 3) : text.split('\n').pop()
-  return pythonLike(err.type, message)
+  const at = text.lastIndexOf(`\n${err.type}: `)
+  return pythonLike(err.type, at >= 0 ? text.slice(at + err.type.length + 3) : text.split('\n').pop())
 }
 
 function callPython (fn) {
@@ -93,22 +127,31 @@ function callPython (fn) {
   }
 }
 
-const MAX_DEPTH = 1000
+const MARK = JSON.stringify('\u0000js')
+const MAX_DEPTH = 512
+
+/** The name of an object JSON.stringify would change (a Map becomes {}), else null. */
+function changedByJson (v) {
+  const changed = v instanceof Map || v instanceof Set || v instanceof WeakMap ||
+    v instanceof WeakSet || v instanceof ArrayBuffer || ArrayBuffer.isView(v) ||
+    v instanceof Promise || v instanceof RegExp
+  return changed ? (v.constructor?.name || 'object') : null
+}
 
 /**
- * `value` as JSON text for Python. Stricter than JSON.stringify where that would change the
- * value silently: undefined, functions and symbols (as the value or in an array), BigInt and
- * cycles throw; NaN and the infinities are written as Python reads them, so that Python refuses
- * them with its own error. Members that are undefined, functions or symbols are left out, and
- * toJSON() is honoured, as JSON.stringify does.
+ * `value` as JSON text for Python, where the core's checks judge it as they judge its Python
+ * counterpart. JSON.stringify would change some values silently: NaN and the infinities are
+ * written as Python reads them (so Python refuses them itself), and what Python has no
+ * counterpart of (undefined, functions, symbols, BigInt, a Map, ...) or a reference back to an
+ * enclosing array or object is written as a marked object ({"\u0000js": [kind]}, which Python
+ * takes for a value of that kind, or for the cycle). Nesting deeper than MAX_DEPTH is cut there
+ * (Python refuses it for its depth). Members that are undefined, functions or symbols are left
+ * out, and toJSON() is honoured, as JSON.stringify does.
  */
-function jsonText (value, what = 'data') {
+function jsonText (value) {
   const out = []
-  const ancestors = new Set()
-  const fail = (path, why) => {
-    const where = path ? ` (at ${what}${path})` : ''
-    throw pythonLike('ValueError', `${what} is not interoperable JSON: ${why}${where}`)
-  }
+  const open = new Map() // the arrays and objects being written -> their depth
+  const mark = (...kind) => out.push(`{${MARK}:${JSON.stringify(kind)}}`)
   const absent = (v) => v === undefined || typeof v === 'function' || typeof v === 'symbol'
   const prepare = (v, key) => {
     if (v !== null && typeof v === 'object') {
@@ -117,22 +160,24 @@ function jsonText (value, what = 'data') {
     }
     return v
   }
-  const write = (v, path, depth) => {
+  const write = (v, depth) => {
     switch (typeof v) {
       case 'string': out.push(JSON.stringify(v)); return
       case 'boolean': out.push(v ? 'true' : 'false'); return
       case 'number': out.push(Number.isFinite(v) ? JSON.stringify(v) : String(v)); return
       case 'object': if (v === null) { out.push('null'); return } break
-      default: fail(path, `unsupported type: ${typeof v}`)
+      default: mark(typeof v); return // undefined, function, symbol, bigint
     }
-    if (depth >= MAX_DEPTH) throw pythonLike('ValueError', `${what} is nested too deeply`)
-    if (ancestors.has(v)) fail(path, 'it contains a cycle')
-    ancestors.add(v)
+    const changed = changedByJson(v)
+    if (changed) { mark(changed); return }
+    if (open.has(v)) { mark('cycle', depth - open.get(v)); return }
+    if (depth >= MAX_DEPTH) { out.push('null'); return }
+    open.set(v, depth)
     if (Array.isArray(v)) {
       out.push('[')
       for (let i = 0; i < v.length; i++) {
         if (i) out.push(',')
-        write(prepare(v[i], String(i)), `${path}[${i}]`, depth + 1)
+        write(prepare(v[i], String(i)), depth + 1)
       }
       out.push(']')
     } else {
@@ -144,27 +189,19 @@ function jsonText (value, what = 'data') {
         if (!first) out.push(',')
         first = false
         out.push(JSON.stringify(key), ':')
-        write(item, `${path}[${JSON.stringify(key)}]`, depth + 1)
+        write(item, depth + 1)
       }
       out.push('}')
     }
-    ancestors.delete(v)
+    open.delete(v)
   }
-  write(prepare(value, ''), '', 0)
+  write(prepare(value, ''), 0)
   return out.join('')
 }
 
 function errorText (err) {
   if (err instanceof Error) return err.message || err.name
   return String(err)
-}
-
-function hexId (id) {
-  if (typeof id === 'string') return id.toLowerCase()
-  if (id instanceof Uint8Array) return Array.from(id, (b) => b.toString(16).padStart(2, '0')).join('')
-  if (id && id.type === 'Buffer' && Array.isArray(id.data)) return hexId(Uint8Array.from(id.data))
-  const kind = id === null ? 'null' : typeof id
-  throw new TypeError(`a peer id is 40 hex digits or 20 bytes, not ${kind}`)
 }
 
 export class PeerRelay {
@@ -200,7 +237,7 @@ export class PeerRelay {
     this._py = callPython(() => BrowserPeer.callKwargs(kwargs))
     BrowserPeer.destroy()
     this.id = this._py.id_hex
-    this._py.start()
+    callPython(() => this._py.start())
     this._fire('ready', this.id)
     return this
   }
@@ -280,21 +317,18 @@ export class PeerRelay {
 
   /** Start a delivery or request in Python; a Promise of its outcome. */
   _session (method, id, data, opts) {
-    const to = hexId(id)
-    const text = jsonText(data)
     if (opts !== undefined && (opts === null || typeof opts !== 'object')) {
       throw new TypeError(`the options are an object such as { timeout: 10 }, not ${opts}`)
     }
-    const timeout = opts?.timeout ?? 10
-    if (typeof timeout !== 'number') {
-      const why = `timeout must be a positive number of seconds, not ${typeof timeout}`
-      throw pythonLike('ValueError', why)
-    }
+    return this._begin(method, id, jsonText(data), opts?.timeout ?? 10)
+  }
+
+  _begin (method, id, text, timeout) {
     if (!this._py) {
-      if (this.destroyed) throw pythonLike('RuntimeError', 'this peer has been destroyed')
-      return this.ready.then(() => this._session(method, to, data, { timeout }))
+      if (this.destroyed) throw new RuntimeError('this peer has been destroyed')
+      return this.ready.then(() => this._begin(method, id, text, timeout))
     }
-    const token = callPython(() => this._py[method](to, text, timeout))
+    const token = callPython(() => this._py[method](id, text, timeout))
     const early = this._early.get(token)
     this._early.clear()
     if (early) return early.ok ? Promise.resolve(early.value) : Promise.reject(early.error)
@@ -327,13 +361,14 @@ export class PeerRelay {
 
   /** Send `data` (any JSON value) to the peer `id`. */
   send (id, data) {
-    const to = hexId(id)
     const text = jsonText(data === undefined ? null : data)
     if (this._py) {
-      callPython(() => this._py.send(to, text))
-    } else if (!this.destroyed) {
+      callPython(() => this._py.send(id, text))
+    } else if (this.destroyed) {
+      throw new RuntimeError('this peer has been destroyed')
+    } else {
       this.ready
-        .then(() => this._py && callPython(() => this._py.send(to, text)))
+        .then(() => this._py && callPython(() => this._py.send(id, text)))
         .catch((err) => this._fire('error', err))
     }
   }
@@ -352,8 +387,9 @@ export class PeerRelay {
 
   /** Form a direct link to `id` (WebRTC, or WebSocket if it listens); resolves once open. */
   async connect (id, cb) {
-    const to = hexId(id)
     await this.ready
+    if (!this._py) throw new RuntimeError('this peer has been destroyed')
+    const to = callPython(() => this._py.hex_of(id))
     let waiter
     const done = new Promise((resolve, reject) => { waiter = { resolve, reject } })
     if (!this._connects.has(to)) this._connects.set(to, [])
@@ -370,17 +406,16 @@ export class PeerRelay {
   }
 
   disconnect (id) {
-    const to = hexId(id)
-    return this._py ? callPython(() => this._py.disconnect(to)) : false
+    return this._py ? callPython(() => this._py.disconnect(id)) : false
   }
 
   /** `[{id, transport}]` of the open direct links. */
   get peers () {
-    return this._py ? JSON.parse(this._py.peers_json()) : []
+    return this._py ? JSON.parse(callPython(() => this._py.peers_json())) : []
   }
 
   get stats () {
-    return this._py ? JSON.parse(this._py.stats_json()) : {}
+    return this._py ? JSON.parse(callPython(() => this._py.stats_json())) : {}
   }
 
   destroy (cb) {

@@ -12,11 +12,19 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import IO, TYPE_CHECKING, Any, TypeVar
 
-from . import compiled
-from .runner import SENDING, STRATEGIES, SimParams, SimReport, run_simulation
+from . import compiled, runner
+from .runner import SENDING, STRATEGIES, Progress, SimParams, SimReport, run_simulation
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes  # type: ignore[import-not-found, unused-ignore]
+    from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
+
+_T = TypeVar("_T")
 
 PLOT_HINT = "--plot needs matplotlib: pip install 'peer-relay[plot]'"
 
@@ -99,7 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="share of peers that drop the messages they relay but answer pings (default 0)",
     )
-    parser.add_argument("--plot", metavar="FILE.png", help="draw hops and delivery over time")
+    parser.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="draw hops, latency, links per peer (and delivery over time with churn)",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON (and no progress)")
     parser.add_argument(
         "--compiled",
@@ -145,11 +157,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     progress = None if args.json else _Progress(sys.stderr)
     reports: list[SimReport] = []
+    observed: list[Observed] = []
     for name in names:
-        params = SimParams(**{**base.__dict__, "strategy": name})
+        params = replace(base, strategy=name)
         if progress is not None:
-            progress.strategy = name
-        if len(names) > 1:
+            progress.begin(params)
+        if args.plot:  # what the plot draws beyond the report, too
+            if len(names) > 1:
+                run = _isolated(run_observed, params, progress)
+            else:
+                run = run_observed(params, progress)
+            observed.append(run)
+            reports.append(run.report)
+        elif len(names) > 1:
             reports.append(run_isolated(params, progress))
         else:
             reports.append(run_simulation(params, progress))
@@ -161,64 +181,156 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         print(format_reports(reports))
     if args.plot:
-        plot_reports(reports, args.plot)
+        plot_runs(observed, args.plot)
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
 
 
-class _Progress:
-    """One status line on a terminal, rewritten in place."""
+PHASES = ("join", "settle", "messages")
+"""The phases :func:`run_simulation` reports progress of, in order (the drain is not reported)."""
 
-    def __init__(self, out: IO[str]) -> None:
+
+class _Progress:
+    """Progress of the runs, on ``out`` (stderr).
+
+    On a terminal, one status line rewritten in place. Anywhere else (a file, a pipe), a plain
+    line as each phase starts and one when the run is done: ``[spread] joining 10,000 peers
+    ...``, ``[spread] settling ...``, ``[spread] sending 1,000 messages ...``, ``[spread] done in
+    12.3 s``. A phase the runner did not report (a settle too short to) gets its line all the
+    same, when the next one starts.
+    """
+
+    def __init__(self, out: IO[str], live: bool | None = None) -> None:
         self.out = out
-        self.strategy = ""
+        self.live = _isatty(out) if live is None else live
+        self.params = SimParams()
+        self.phase = ""
         self.start = time.perf_counter()
-        self.width = 0
+
+    def begin(self, params: SimParams) -> None:
+        """A run of ``params`` starts (with its join)."""
+        self.params = params
+        self.phase = ""
+        self.start = time.perf_counter()
+        self._enter("join")
 
     def __call__(self, phase: str, done: float, total: float, virtual: float) -> None:
+        if phase != self.phase:
+            self._enter(phase)
+        if not self.live:
+            return
         wall = time.perf_counter() - self.start
         what = f"settling {done:.0f}s" if phase == "settle" else f"{phase} {done:.0f}/{total:.0f}"
-        line = f"[{self.strategy}] {what} | virtual {virtual:.0f}s | wall {wall:.0f}s"
-        self.out.write("\r" + line.ljust(self.width))
-        self.width = len(line)
+        line = f"[{self.params.strategy}] {what} | virtual {virtual:.0f}s | wall {wall:.0f}s"
+        self.out.write(f"\r{line}\x1b[K")  # the rest of the old line erased
+        self.out.flush()
+
+    def _enter(self, phase: str) -> None:
+        """Say that ``phase`` starts (and any phase before it that went unreported)."""
+        known = self.phase in PHASES and phase in PHASES
+        skipped = PHASES[PHASES.index(self.phase) + 1 : PHASES.index(phase)] if known else ()
+        self.phase = phase
+        if self.live:
+            return
+        for name in (*skipped, phase):
+            self._say(f"{self._describe(name)} ...")
+
+    def _describe(self, phase: str) -> str:
+        p = self.params
+        if phase == "join":
+            return f"joining {p.nodes:,} peers"
+        if phase == "settle":
+            return "settling"
+        if phase == "messages":
+            replaced = round(p.churn * p.nodes)
+            churn = f", replacing {replaced:,} peers" if replaced else ""
+            return f"sending {p.messages:,} messages{churn}"
+        return phase
+
+    def _say(self, text: str) -> None:
+        self.out.write(f"[{self.params.strategy}] {text}\n")
         self.out.flush()
 
     def done(self) -> None:
-        if self.width:
-            self.out.write("\r" + " " * self.width + "\r")
+        """The run is over: clear the status line, or say how long it took."""
+        if self.live:
+            self.out.write("\r\x1b[K")
             self.out.flush()
-        self.width = 0
-        self.start = time.perf_counter()
+        else:
+            self._say(f"done in {time.perf_counter() - self.start:.1f} s")
+        self.phase = ""
+
+
+def _isatty(out: IO[str]) -> bool:
+    try:
+        return out.isatty()
+    except (ValueError, OSError):  # closed, or no such notion
+        return False
+
+
+@dataclass
+class Observed:
+    """A run's report, and what its plot draws beyond it (:func:`run_observed`)."""
+
+    report: SimReport
+    latencies: list[float]
+    """Seconds from sending to the first arrival of each delivered message counted as sent
+    (those the report's latency figures are of), ascending."""
+    links: list[int]
+    """Links of each peer alive at the end of the run (those of the report's links per peer),
+    ascending."""
+
+
+def run_observed(params: SimParams, progress: Progress | None = None) -> Observed:
+    """Run ``params`` as :func:`run_simulation` does, and keep the latency of each delivered
+    message and the links of each peer, which the report only sums up.
+
+    The very same run (the same digest).
+    """
+    report, latencies, links = runner.observe_simulation(params, progress)
+    return Observed(report, latencies, links)
 
 
 def run_isolated(params: SimParams, progress: Any = None) -> SimReport:
     """Run one simulation in a child process (its memory measured alone), if fork exists."""
+    return _isolated(run_simulation, params, progress)
+
+
+def _isolated(
+    run: Callable[[SimParams, Progress | None], _T], params: SimParams, progress: Any
+) -> _T:
+    """``run(params, progress)`` in a child process, if fork exists (here if not)."""
     try:
         ctx = multiprocessing.get_context("fork")
     except ValueError:
-        return run_simulation(params, progress)
+        return run(params, progress)
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child, args=(params, progress, sender), daemon=True)
+    child = ctx.Process(target=_child, args=(run, params, progress, sender), daemon=True)
     child.start()
     sender.close()
     try:
-        report: SimReport = receiver.recv()
+        result: _T = receiver.recv()
     except EOFError:
         child.join()
         raise RuntimeError(f"the simulation process died (exit code {child.exitcode})") from None
     child.join()
-    return report
+    return result
 
 
-def _child(params: SimParams, progress: Any, sender: Any) -> None:
-    sender.send(run_simulation(params, progress))
+def _child(run: Callable[..., object], params: SimParams, progress: Any, sender: Any) -> None:
+    sender.send(run(params, progress))
     sender.close()
 
 
 def _rerun_compiled(cli_args: list[str]) -> int:
     """Build the compiled core if needed, then run ``simulate cli_args`` again on it."""
-    print("peer-relay simulate: compiling the core with mypyc (once) ...", file=sys.stderr)
+    if not compiled.is_built():
+        print(
+            "peer-relay simulate: compiling the core with mypyc "
+            "(once for these sources, a minute or more) ...",
+            file=sys.stderr,
+        )
     try:
         target = compiled.build()
     except compiled.CompileError as exc:
@@ -324,42 +436,190 @@ def _have_matplotlib() -> bool:
     return True
 
 
-def plot_reports(reports: list[SimReport], path: str) -> None:
-    """Draw the hop distribution and delivery over time of each run into ``path``."""
-    import matplotlib  # type: ignore[import-not-found, unused-ignore]
+COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000")
+"""Colours of the series of a panel, in order (Okabe and Ito's, told apart by the colour-blind)."""
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+HATCHES = ("", "//", "..", "xx", "\\\\", "++", "--")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
 
-    fig, (hops_ax, time_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
-    width = 0.8 / len(reports)
-    for i, r in enumerate(reports):
-        label = r.params["strategy"]
+def series_style(i: int) -> dict[str, Any]:
+    """How the ``i``-th series of a panel is drawn: a colour, dashes and a hollow marker of its
+    own, each later series thinner and with smaller markers, on top of the earlier ones, so
+    that a series lying on another still shows (one line inside the other)."""
+    return {
+        "color": COLOURS[i % len(COLOURS)],
+        "linestyle": LINESTYLES[i % len(LINESTYLES)],
+        "marker": MARKERS[i % len(MARKERS)],
+        "linewidth": max(1.0, 3.0 - 0.9 * i),
+        "markersize": max(4.0, 9.0 - 2.0 * i),
+        "markerfacecolor": "none",
+        "markeredgewidth": 1.5,
+        "zorder": 2 + i,
+    }
+
+
+def _markevery(i: int) -> tuple[float, float]:
+    """Markers spaced along a line, each series' shifted so that they do not land together."""
+    return (0.02 + 0.035 * i, 0.1)
+
+
+def changes_over_time(report: SimReport) -> bool:
+    """Whether something in the run changes while messages flow, so that delivery over time
+    tells more than the delivery ratio: churn (the only such thing :class:`SimParams` has; a
+    static run's curve is a flat line at its ratio)."""
+    return bool(report.params.get("churn")) and bool(report.timeline)
+
+
+def panels(runs: Sequence[Observed]) -> list[str]:
+    """The titles of the panels the plot of ``runs`` has, in order."""
+    titles = ["hop distribution", "latency CDF", "links per peer"]
+    if any(changes_over_time(run.report) for run in runs):
+        titles.append("delivery over time")
+    return titles
+
+
+def build_figure(runs: Sequence[Observed]) -> Figure:
+    """The figure of ``runs`` (one series per run, in each of :func:`panels`), not saved."""
+    from matplotlib.figure import Figure  # type: ignore[import-not-found, unused-ignore]
+
+    if not runs:
+        raise ValueError("nothing to plot")
+    titles = panels(runs)
+    rows, cols = (1, 3) if len(titles) == 3 else (2, 2)
+    fig = Figure(figsize=(5.2 * cols, 4.4 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    draw = {
+        "hop distribution": _draw_hops,
+        "latency CDF": _draw_latency,
+        "links per peer": _draw_links,
+        "delivery over time": _draw_delivery,
+    }
+    for ax, title in zip(axes, titles, strict=True):
+        draw[title](ax, runs)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    p = runs[0].report.params
+    fig.suptitle(
+        f"{p['nodes']:,} peers, {runs[0].report.sent:,} messages, churn {p['churn']:.0%}, "
+        f"loss {p['loss']:.1%}, sent by {p['sending']}, seed {p['seed']}"
+    )
+    return fig
+
+
+def plot_runs(runs: Sequence[Observed], path: str) -> None:
+    """Draw :func:`build_figure` of ``runs`` into ``path`` (its format from its extension)."""
+    build_figure(runs).savefig(path)
+
+
+def _nothing(ax: Axes, what: str) -> None:
+    ax.text(0.5, 0.5, what, ha="center", va="center", transform=ax.transAxes)
+
+
+def _draw_hops(ax: Axes, runs: Sequence[Observed]) -> None:
+    """Share of the delivered messages by hops: bars side by side, a colour and hatch each."""
+    from matplotlib.ticker import MaxNLocator  # type: ignore[import-not-found, unused-ignore]
+
+    width = 0.8 / len(runs)
+    for i, run in enumerate(runs):
+        r = run.report
         xs = sorted(r.hop_histogram)
         total = sum(r.hop_histogram.values()) or 1
-        hops_ax.bar(
-            [x + i * width for x in xs],
+        ax.bar(
+            [x - 0.4 + (i + 0.5) * width for x in xs],
             [r.hop_histogram[x] / total for x in xs],
             width=width,
-            label=f"{label} (mean {r.hops_mean:.2f})",
+            color=COLOURS[i % len(COLOURS)],
+            hatch=HATCHES[i % len(HATCHES)],
+            edgecolor="white",
+            linewidth=0.5,
+            label=f"{r.params['strategy']} (mean {r.hops_mean:.2f}, max {r.hops_max})",
         )
+    if not any(run.report.hop_histogram for run in runs):
+        _nothing(ax, "nothing delivered")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("hops")
+    ax.set_ylabel("share of delivered messages")
+
+
+def _draw_latency(ax: Axes, runs: Sequence[Observed]) -> None:
+    """Share of the messages sent that arrived within each latency: a CDF that tops at the
+    delivery ratio; on a logarithmic axis when latencies span more than a decade or so."""
+    for i, run in enumerate(runs):
+        r = run.report
+        if not run.latencies or not r.sent:
+            continue
+        ms = [1000 * t for t in run.latencies]
+        shares = [(k + 1) / r.sent for k in range(len(ms))]
+        ax.plot(
+            ms,
+            shares,
+            drawstyle="steps-post",
+            markevery=_markevery(i),
+            label=f"{r.params['strategy']} (mean {1000 * r.latency_mean:.0f} ms, "
+            f"p99 {1000 * r.latency_p99:.0f} ms)",
+            **series_style(i),
+        )
+    every = [t for run in runs for t in run.latencies]
+    if not every:
+        _nothing(ax, "nothing delivered")
+    elif min(every) > 0 and max(every) / min(every) > 20:
+        ax.set_xscale("log")
+    ax.set_ylim(0, 1.03)
+    ax.set_xlabel("latency to first arrival (ms)")
+    ax.set_ylabel("share of messages sent")
+
+
+def _draw_links(ax: Axes, runs: Sequence[Observed]) -> None:
+    """Share of the peers (alive at the end) with at most so many links: a CDF, whose steps
+    show where the counts gather however far they spread."""
+    for i, run in enumerate(runs):
+        r = run.report
+        if not run.links:
+            continue
+        counts = Counter(run.links)
+        xs = sorted(counts)
+        shares: list[float] = []
+        below = 0
+        for x in xs:
+            below += counts[x]
+            shares.append(below / len(run.links))
+        ax.plot(
+            [xs[0] - 1, *xs],
+            [0.0, *shares],
+            drawstyle="steps-post",
+            markevery=_markevery(i) if len(xs) > 15 else None,
+            label=f"{r.params['strategy']} (mean {r.links_mean:.1f}, {r.links_min}-{r.links_max})",
+            **series_style(i),
+        )
+    if not any(run.links for run in runs):
+        _nothing(ax, "no peers")
+    ax.set_ylim(0, 1.03)
+    ax.set_xlabel("links")
+    ax.set_ylabel("share of peers with at most so many")
+
+
+def _draw_delivery(ax: Axes, runs: Sequence[Observed]) -> None:
+    """Delivered over sent, by the second the messages were sent in."""
+    lowest = 1.0
+    for i, run in enumerate(runs):
+        r = run.report
         seconds = [t for t, _sent, _got in r.timeline]
         ratio = [got / sent if sent else 1.0 for _t, sent, got in r.timeline]
-        time_ax.plot(seconds, ratio, label=f"{label} ({r.delivery_ratio:.2%})")
-    hops_ax.set_xlabel("hops")
-    hops_ax.set_ylabel("share of delivered messages")
-    hops_ax.set_title("hop distribution")
-    hops_ax.legend()
-    time_ax.set_xlabel("virtual seconds into the message phase")
-    time_ax.set_ylabel("delivered / sent")
-    time_ax.set_ylim(0, 1.05)
-    time_ax.set_title("delivery over time")
-    time_ax.legend()
-    p = reports[0].params
-    fig.suptitle(f"{p['nodes']} peers, churn {p['churn']:.0%}, loss {p['loss']:.1%}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+        lowest = min([lowest, *ratio])
+        ax.plot(
+            seconds,
+            ratio,
+            markevery=_markevery(i) if len(seconds) > 15 else None,
+            label=f"{r.params['strategy']} ({r.delivery_ratio:.2%})",
+            **series_style(i),
+        )
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.01 + 0.02 * (1.0 - lowest))
+    replaced = round(runs[0].report.params["churn"] * runs[0].report.params["nodes"])
+    ax.set_xlabel(f"virtual seconds into the message phase ({replaced:,} peers replaced)")
+    ax.set_ylabel("delivered / sent")
 
 
 if __name__ == "__main__":

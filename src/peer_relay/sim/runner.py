@@ -336,8 +336,32 @@ def run_simulation(params: SimParams, progress: Progress | None = None) -> SimRe
             gc.enable()
 
 
+def observe_simulation(
+    params: SimParams, progress: Progress | None = None
+) -> tuple[SimReport, list[float], list[int]]:
+    """Run ``params`` as :func:`run_simulation` does (the same run, the same digest), and also
+    return what the report only sums up, for plots: the latency of each delivered message and
+    the links of each peer alive at the end, both ascending."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        run = _phases(params, progress)
+        report = run.report()
+        latencies = sorted(m.latency for m in run._counted() if m.hops >= 0)
+        links = sorted(len(n.core.peers) for n in run.alive.items)
+        return report, latencies, links
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _run(params: SimParams, progress: Progress | None) -> SimReport:
     """Drive one run through its phases (see the module docstring)."""
+    return _phases(params, progress).report()
+
+
+def _phases(params: SimParams, progress: Progress | None) -> _Run:
+    """Check ``params`` and drive a run through its phases; the run, to measure."""
     if params.nodes < 2:
         raise ValueError("a simulation needs at least 2 nodes")
     if params.sending not in SENDING:
@@ -347,7 +371,7 @@ def _run(params: SimParams, progress: Progress | None) -> SimReport:
     run.settle()
     run.send_messages()
     run.drain()
-    return run.report()
+    return run
 
 
 class _Run:

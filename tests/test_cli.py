@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -304,11 +305,14 @@ def test_request_to_nobody_gets_no_reply(
 
 
 def test_send_to_an_unreachable_network_says_so(capsys: pytest.CaptureFixture[str]) -> None:
-    status, _out, err = run(capsys, "send", "--bootstrap", NOWHERE, "--timeout", "0.5", NOBODY, "1")
+    with socket.socket() as silent:  # takes connections, and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"ws://127.0.0.1:{silent.getsockname()[1]}"
+        status, _out, err = run(capsys, "send", "--bootstrap", url, "--timeout", "0.5", NOBODY, "1")
     assert status == 1
     assert one_line(err) == (
-        f"peer-relay send: not delivered: could not join the network: no link to {NOWHERE} "
-        "within 0.5s"
+        f"peer-relay send: not delivered: could not join the network: no link to {url} within 0.5s"
     )
 
 
@@ -319,8 +323,9 @@ def test_send_to_an_unreachable_network_says_so(capsys: pytest.CaptureFixture[st
         ([NOBODY, "{not json"], "argument JSON: not valid JSON"),
         ([NOBODY, "NaN"], "argument JSON: not valid JSON: NaN is not JSON"),
         ([NOBODY, "9007199254740993"], "argument JSON: data is not interoperable JSON"),
-        (["abc", "1"], "argument ID: a peer id in text is 40 hex digits"),
-        (["zz" * 20, "1"], "argument ID: a peer id in text is 40 hex digits"),
+        (["abc", "1"], "argument ID: a peer id is 40 hex digits or 20 bytes, got 'abc'"),
+        (["zz" * 20, "1"], "argument ID: a peer id is 40 hex digits or 20 bytes, got 'zz"),
+        ([NOBODY, "1", "--bootstrap", "http://x"], "argument --bootstrap: not a ws:// or"),
         ([NOBODY, "1", "--timeout", "-1"], "argument --timeout: must be a positive number"),
         ([NOBODY, "1", "--timeout", "0"], "argument --timeout: must be a positive number"),
         ([NOBODY, "1", "--timeout", "soon"], "argument --timeout: not a number of seconds"),

@@ -5,23 +5,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Sequence
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 from . import __version__, wire
 from .errors import DeliveryError, RemoteError
 from .identity import Identity
 from .ids import parse_id
-from .node import PeerRelay
+from .logs import add_log_format_argument, setup_logging
+from .metrics import MetricsError, add_metrics_arguments
+from .node import BootstrapFailure, PeerRelay
+
+T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -32,25 +41,41 @@ EXIT_REMOTE = 3
 """``request``: the remote request handler failed, or the remote has none."""
 EXIT_INTERRUPTED = 130
 
+_POLL = 0.05
+"""Seconds between two looks at how joining the network goes."""
+
 _SEND_EPILOG = """\
 exit status:
   0  delivered: the destination's authenticated receipt came back
      (with --no-wait: the message left this peer; nothing is confirmed)
-  1  not delivered within --timeout: could not join the network, or the
-     destination did not answer (offline, unreachable, no such id); the
-     reason is on stderr
-  2  bad arguments (malformed id, JSON that does not parse, --timeout not > 0)
+  1  not delivered: could not join the network (at once when every
+     bootstrap peer refused, else within --timeout), or the destination
+     did not answer within --timeout (offline, unreachable, no such id);
+     the reason is on stderr
+  2  bad arguments (malformed id, JSON that does not parse, --timeout not > 0,
+     an --identity file that holds no key)
 """
 
 _REQUEST_EPILOG = """\
 exit status:
   0  the reply came back; it is printed on stdout as one JSON line
-  1  no reply within --timeout: could not join the network, or the
-     destination did not answer (offline, unreachable, no such id)
-  2  bad arguments (malformed id, JSON that does not parse, --timeout not > 0)
+  1  no reply: could not join the network (at once when every bootstrap
+     peer refused, else within --timeout), or the destination did not
+     answer within --timeout (offline, unreachable, no such id)
+  2  bad arguments (malformed id, JSON that does not parse, --timeout not > 0,
+     an --identity file that holds no key)
   3  remote error: the destination's request handler failed, or it has
      none (it runs no 'peer-relay listen --echo'); its message is on stderr
 """
+
+
+class _Refusal(Exception):
+    """A failure the command explains in one line (what happened and what to do), raised from
+    the exception behind it (whose traceback ``-v`` shows)."""
+
+    def __init__(self, message: str, status: int = EXIT_FAILED) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,6 +83,12 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _ws_url_arg(text: str) -> str:
+    if not wire.is_ws_url(text):
+        raise argparse.ArgumentTypeError(f"not a ws:// or wss:// URL: {text!r}")
+    return text
 
 
 def _peer_id_arg(text: str) -> bytes:
@@ -92,6 +123,9 @@ def _timeout_arg(text: str) -> float:
     return value
 
 
+_IDENTITY_HELP = "key file: read, or created (mode 0600) if it does not exist"
+
+
 def _add_peer_options(
     parser: argparse.ArgumentParser, *, server: bool, bootstrap_required: bool = False
 ) -> None:
@@ -100,25 +134,42 @@ def _add_peer_options(
         action="append",
         default=[],
         required=bootstrap_required,
+        type=_ws_url_arg,
         metavar="URL",
-        help="WebSocket URL of a peer already in the network (repeatable)",
+        help="WebSocket URL (ws:// or wss://) of a peer already in the network; repeatable "
+        + ("(at least one required)" if bootstrap_required else "(default: none)"),
     )
-    parser.add_argument("--identity", metavar="FILE", help="key file (created, mode 0600)")
+    parser.add_argument(
+        "--identity",
+        metavar="FILE",
+        help=f"{_IDENTITY_HELP} (default: a new key, and so a new id, each run)",
+    )
     parser.add_argument(
         "--allow-unsigned",
         action="store_true",
-        help="admit peers of the original 0.0.2 and unsigned messages (marked unverified)",
+        help="admit peers of the original 0.0.2 and unsigned messages, marked unverified "
+        "(default: refused)",
     )
-    parser.add_argument("--webrtc", action="store_true", help="enable WebRTC links (aiortc)")
+    parser.add_argument(
+        "--webrtc",
+        action="store_true",
+        help="enable WebRTC links, which need aiortc: pip install 'peer-relay[webrtc]' "
+        "(default: off)",
+    )
     parser.add_argument(
         "--ice-server",
         action="append",
         default=[],
         metavar="URL",
-        help="STUN or TURN server for WebRTC (stun:HOST:PORT, turn:HOST:PORT; repeatable)",
+        help="STUN or TURN server for WebRTC (stun:HOST:PORT, turn:HOST:PORT); repeatable "
+        "(default: none, so only this host's own addresses)",
     )
-    parser.add_argument("--ice-username", metavar="NAME", help="TURN username")
-    parser.add_argument("--ice-credential", metavar="SECRET", help="TURN password")
+    parser.add_argument(
+        "--ice-username", metavar="NAME", help="username for the TURN server (default: none)"
+    )
+    parser.add_argument(
+        "--ice-credential", metavar="SECRET", help="password for the TURN server (default: none)"
+    )
     parser.add_argument(
         "--direct-after",
         type=int,
@@ -127,26 +178,81 @@ def _add_peer_options(
         help="link directly to a peer after N messages with it through relays within 30 s "
         "(default 32; 0: never)",
     )
-    parser.add_argument("--max-links", type=int, default=20, help="link budget (default 20)")
+    parser.add_argument(
+        "--max-links",
+        type=int,
+        default=20,
+        metavar="N",
+        help="most direct links kept at once (default 20)",
+    )
     parser.add_argument(
         "--compiled",
         action="store_true",
         help="run the core compiled by mypyc: faster (built once per version, minutes; "
-        "needs a C compiler and Python's headers)",
+        "needs a C compiler and Python's headers) (default: off)",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help=(
+            "-v: show the traceback of an error; -vv: debug logging too (default: info logging)"
+            if server
+            else "-v: info logging, and the traceback of an error; -vv: debug logging "
+            "(default: warnings only)"
+        ),
+    )
+    add_log_format_argument(parser)
     if server:
-        parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any)")
-        parser.add_argument("--host", default="0.0.0.0", help="address to listen on")
-        parser.add_argument("--public-url", help="URL to advertise if not ws://HOST:PORT")
         parser.add_argument(
-            "--web", action="store_true", help="also serve the browser build and a demo page"
+            "--port",
+            type=int,
+            required=True,
+            help="port to listen on; 0 takes any free port (required)",
         )
-        parser.add_argument("--web-port", type=int, default=0, help="port of --web (0: any)")
+        parser.add_argument(
+            "--host",
+            default="0.0.0.0",
+            help="address to listen on (default 0.0.0.0: every IPv4 address of this host)",
+        )
+        parser.add_argument(
+            "--public-url",
+            metavar="URL",
+            help="URL to advertise to other peers when they reach this one at another address "
+            "(behind NAT or a proxy) (default: ws://ADDRESS:PORT, ADDRESS one of this host's)",
+        )
+        parser.add_argument(
+            "--web",
+            action="store_true",
+            help="also serve the browser build and a demo page over HTTP; needs npm once, "
+            "to fetch Pyodide (default: off)",
+        )
+        parser.add_argument(
+            "--web-port",
+            type=int,
+            default=0,
+            metavar="PORT",
+            help="HTTP port of --web, on --host; 0 takes any free port (default 0)",
+        )
+
+
+def _load_identity(path: str) -> Identity:
+    """The key in ``path`` (created if missing), or a refusal that says what to do."""
+    try:
+        return Identity.load_or_create(path)
+    except ValueError as exc:
+        raise _Refusal(f"--identity {exc}", EXIT_USAGE) from exc
+    except OSError as exc:
+        raise _Refusal(
+            f"--identity {path}: cannot read or create it ({exc.strerror or exc}): name a file "
+            "this user may read and write",
+            EXIT_USAGE,
+        ) from exc
 
 
 def _peer_from_args(args: argparse.Namespace, *, server: bool) -> PeerRelay:
-    identity = Identity.load_or_create(args.identity) if args.identity else None
+    identity = _load_identity(args.identity) if args.identity else None
     extra: dict[str, Any] = {}
     if server:
         extra = {"port": args.port, "host": args.host, "public_url": args.public_url}
@@ -160,16 +266,14 @@ def _peer_from_args(args: argparse.Namespace, *, server: bool) -> PeerRelay:
         ice_credential=args.ice_credential,
         max_links=args.max_links,
         direct_after=args.direct_after,
+        metrics=getattr(args, "metrics", None),
         **extra,
     )
 
 
-def _setup_logging(verbose: int, default: int = logging.WARNING) -> None:
+def _setup_logging(verbose: int, default: int = logging.WARNING, fmt: str = "text") -> None:
     level = {0: default, 1: logging.INFO}.get(verbose, logging.DEBUG)
-    logging.basicConfig(
-        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
-    )
-    logging.getLogger("peer_relay").setLevel(level)
+    setup_logging(level, fmt)
 
 
 async def _until_signalled() -> None:
@@ -182,22 +286,75 @@ async def _until_signalled() -> None:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    root = await _build_web() if args.web else None
     peer = _peer_from_args(args, server=True)
+    await _listening(peer.start(), args.host, args.port, "--port")
     async with peer:
         print(f"id  {peer.id.hex()}", flush=True)
         print(f"url {peer.url}", flush=True)
-        if args.web:
-            from .browser.build import build
+        if peer.metrics is not None:
+            print(f"metrics {peer.metrics.url}", flush=True)
+        if root is not None:
             from .browser.server import WebServer
 
-            root = await asyncio.to_thread(build)
             async with WebServer(root, {"bootstrap": [peer.url]}) as web:
-                print(f"web {await web.start(args.host, args.web_port)}", flush=True)
+                url = await _listening(
+                    web.start(args.host, args.web_port), args.host, args.web_port, "--web-port"
+                )
+                print(f"web {url}", flush=True)
                 await _until_signalled()
         else:
             await _until_signalled()
         print("shutting down", file=sys.stderr, flush=True)
     return 0
+
+
+async def _build_web() -> Path:
+    """The browser build ``--web`` serves (built, or brought up to date, now)."""
+    from .browser.build import build
+
+    try:
+        return await asyncio.to_thread(build)
+    except RuntimeError as exc:
+        fix = "install Node.js (with npm)" if shutil.which("npm") is None else "fix that"
+        raise _Refusal(
+            f"--web cannot build the browser page: {exc}; {fix}, or run without --web"
+        ) from exc
+    except subprocess.CalledProcessError as exc:
+        raise _Refusal(
+            f"--web cannot build the browser page: npm failed (exit status {exc.returncode}) to "
+            "install the npm package pyodide: check the network and npm, or run without --web"
+        ) from exc
+    except OSError as exc:
+        raise _Refusal(
+            f"--web cannot build the browser page: {exc}: set PEER_RELAY_CACHE to a folder "
+            "this user may write, or run without --web"
+        ) from exc
+
+
+async def _listening(start: Awaitable[T], host: str, port: int, option: str) -> T:
+    """Await ``start``, which binds ``host:port``; a failure becomes a refusal that says why
+    and what to do."""
+    try:
+        return await start
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            why = (
+                f"the port is in use (another peer-relay, or another program, listens there): "
+                f"choose another {option}, or {option} 0 for any free port"
+            )
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            why = "this host has no such address: give --host one of its own, or 0.0.0.0"
+        elif exc.errno == errno.EACCES:
+            why = (
+                f"permission denied (a port below 1024 needs privileges): choose a {option} of "
+                "1024 or more"
+            )
+        elif isinstance(exc, socket.gaierror):
+            why = f"unknown host name ({exc.strerror}): give --host an address of this host"
+        else:
+            why = f"{exc.strerror or exc}"
+        raise _Refusal(f"cannot listen on {host}:{port}: {why}") from exc
 
 
 async def _listen(args: argparse.Namespace) -> int:
@@ -208,10 +365,59 @@ async def _listen(args: argparse.Namespace) -> int:
         print(f"listening as {peer.id.hex()}", file=sys.stderr, flush=True)
         stop = asyncio.ensure_future(_until_signalled())
         reader = asyncio.ensure_future(_print_messages(peer))
+        watcher = asyncio.ensure_future(_watch_links(peer, args))
         await asyncio.wait([stop, reader], return_when=asyncio.FIRST_COMPLETED)
-        reader.cancel()
-        stop.cancel()
+        for task in (reader, stop, watcher):
+            task.cancel()
     return 0
+
+
+async def _watch_links(peer: PeerRelay, args: argparse.Namespace) -> None:
+    """Say on stderr, one line each time, when this peer loses its last link and when it
+    cannot reach any bootstrap peer, and when it is linked again after that. Meanwhile the
+    peer dials its bootstrap peers again and again, less and less often (up to once a minute).
+    """
+    say = _say(args)
+    retry = f"{peer.config.bootstrap_retry:g}s"
+    urls = list(dict.fromkeys(args.bootstrap))
+
+    def closed(peer_id: bytes, reason: str) -> None:
+        if not peer.peers and reason != "shutdown":
+            say(
+                f"lost the last link (to {peer_id.hex()[:8]}: {reason}); dialling the bootstrap "
+                f"peers again in {retry}, then less and less often"
+            )
+
+    peer.on("peer-closed", closed)
+    told = False
+    try:
+        while True:
+            if peer.peers:
+                if told:
+                    say(f"linked to the network again (through {peer.peers[0].hex()[:8]})")
+                told = False
+            elif not told and urls and len(failures := peer.bootstrap_failures()) == len(urls):
+                say(
+                    f"cannot reach any bootstrap peer: {_reasons(failures)}; it keeps trying, "
+                    "less and less often (up to once a minute)"
+                )
+                told = True
+            await asyncio.sleep(4 * _POLL)
+    finally:
+        peer.off("peer-closed", closed)
+
+
+def _say(args: argparse.Namespace) -> Callable[[str], None]:
+    """Print a line on stderr, prefixed with the command."""
+
+    def say(text: str) -> None:
+        print(f"peer-relay {args.command}: {text}", file=sys.stderr, flush=True)
+
+    return say
+
+
+def _reasons(failures: list[BootstrapFailure]) -> str:
+    return "; ".join(f"{failure.url}: {failure.reason}" for failure in failures)
 
 
 async def _print_messages(peer: PeerRelay) -> None:
@@ -275,12 +481,23 @@ def _remaining(deadline: float) -> float:
 
 
 async def _join(peer: PeerRelay, args: argparse.Namespace, deadline: float) -> str | None:
-    """Wait for a first link; None once there is one, else why there is none."""
-    try:
-        await peer.wait_for_peers(1, timeout=deadline - time.monotonic())
-    except TimeoutError:
-        urls = ", ".join(args.bootstrap)
-        return f"could not join the network: no link to {urls} within {args.timeout:g}s"
+    """Wait for a first link; None once there is one, else why there is none: at once when
+    every bootstrap peer failed for a reason that waiting cannot mend, else at the deadline."""
+    urls = list(dict.fromkeys(args.bootstrap))
+    while not peer.peers:
+        failures = peer.bootstrap_failures()
+        if len(failures) == len(urls) and all(failure.lasting for failure in failures):
+            return f"could not join the network: {_reasons(failures)}"
+        if time.monotonic() >= deadline:
+            if not failures:
+                return (
+                    f"could not join the network: no link to {', '.join(urls)} within "
+                    f"{args.timeout:g}s"
+                )
+            failed = {failure.url: failure.reason for failure in failures}
+            why = "; ".join(f"{url}: {failed.get(url, 'no link yet')}" for url in urls)
+            return f"could not join the network within {args.timeout:g}s: {why}"
+        await asyncio.sleep(_POLL)
     return None
 
 
@@ -312,8 +529,7 @@ def _failed(
 
 
 def _id(args: argparse.Namespace) -> int:
-    identity = Identity.load_or_create(args.identity) if args.identity else Identity.generate()
-    print(identity.id.hex())
+    print(_load_identity(args.identity).id.hex())
     return 0
 
 
@@ -470,28 +686,59 @@ def _add_testbed_parser(sub: Any) -> None:
     )
     tb.add_argument("--hosts", type=int, default=4, help="emulated hosts (default 4)")
     tb.add_argument("--peers", type=int, default=10, help="peer processes per host (default 10)")
-    tb.add_argument("--nat", choices=("cone", "symmetric", "none"), default="none", help="NAT kind")
+    tb.add_argument(
+        "--nat",
+        choices=("cone", "symmetric", "none"),
+        default="none",
+        help="kind of NAT in front of the NATed hosts (default none)",
+    )
     tb.add_argument(
         "--nated", type=int, default=None, metavar="N", help="hosts behind NAT (default: half)"
     )
-    tb.add_argument("--delay", type=_duration_arg, help="one way (default 30ms; --local: 0)")
-    tb.add_argument("--jitter", type=_duration_arg, default=0.0, help="(default 0ms)")
-    tb.add_argument("--loss", type=_share_arg, help="per packet (default 1%%; --local: 0)")
+    tb.add_argument("--delay", type=_duration_arg, help="one-way delay (default 30ms; --local: 0)")
+    tb.add_argument(
+        "--jitter", type=_duration_arg, default=0.0, help="delay variation (default 0ms)"
+    )
+    tb.add_argument("--loss", type=_share_arg, help="packet loss (default 1%%; --local: 0)")
     tb.add_argument("--messages", type=int, default=1000, help="per phase (default 1000)")
     tb.add_argument("--rate", type=float, default=50.0, help="messages per second (default 50)")
-    tb.add_argument("--mode", choices=("send", "deliver"), default="send")
-    tb.add_argument("--busy-pairs", type=int, default=0, metavar="N", help="busy NATed pairs")
-    tb.add_argument("--busy-messages", type=int, default=80, metavar="N", help="per busy pair")
-    tb.add_argument("--churn", type=int, default=0, metavar="N", help="peers killed, restarted")
+    tb.add_argument(
+        "--mode",
+        choices=("send", "deliver"),
+        default="send",
+        help="send: fire and forget; deliver: wait for each receipt (default send)",
+    )
+    tb.add_argument(
+        "--busy-pairs", type=int, default=0, metavar="N", help="busy NATed pairs (default 0)"
+    )
+    tb.add_argument(
+        "--busy-messages", type=int, default=80, metavar="N", help="per busy pair (default 80)"
+    )
+    tb.add_argument(
+        "--churn", type=int, default=0, metavar="N", help="peers killed, restarted (default 0)"
+    )
     tb.add_argument("--partition", action="store_true", help="cut the hosts in two, then heal")
     tb.add_argument("--turn", action="store_true", help="run coturn (STUN and TURN)")
     tb.add_argument("--stun-only", action="store_true", help="with --turn: give peers STUN only")
-    tb.add_argument("--wrtc", choices=("nat", "all", "none"), default="nat", help="WebRTC on")
-    tb.add_argument("--max-links", type=int, default=None, help="link budget per peer")
-    tb.add_argument("--seed", type=int, default=0, help="seed of pairs, loss and churn")
+    tb.add_argument(
+        "--wrtc",
+        choices=("nat", "all", "none"),
+        default="nat",
+        help="peers with WebRTC on: those behind NAT, all or none (default nat)",
+    )
+    tb.add_argument(
+        "--max-links",
+        type=int,
+        default=None,
+        metavar="N",
+        help="link budget per peer (default: the peers' own, 20)",
+    )
+    tb.add_argument("--seed", type=int, default=0, help="seed of pairs, loss and churn (default 0)")
     tb.add_argument("--local", action="store_true", help="all on 127.0.0.1, no namespaces")
     tb.add_argument("--json", action="store_true", help="print the report as JSON")
-    tb.add_argument("--plot", metavar="FILE", help="write a figure (needs matplotlib)")
+    tb.add_argument(
+        "--plot", metavar="FILE", help="write a figure (needs matplotlib) (default: none)"
+    )
     tb.add_argument("--cleanup", action="store_true", help="remove what a killed run left")
     tb.add_argument("-v", "--verbose", action="count", default=0, help="tracebacks on errors")
 
@@ -577,7 +824,8 @@ def _add_target_options(parser: argparse.ArgumentParser) -> None:
         type=_timeout_arg,
         default=10.0,
         metavar="SECONDS",
-        help="seconds to wait in all, joining the network included (default 10)",
+        help="seconds to wait in all, joining the network included (default 10); a bootstrap "
+        "peer that refuses fails the command at once",
     )
 
 
@@ -586,15 +834,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="peer-relay",
         description="Deliver messages to peers named only by their id, through a relay network.",
+        epilog="Run 'peer-relay COMMAND --help' for what a command does and its options.",
     )
     parser.add_argument("--version", action="version", version=f"peer-relay {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = sub.add_parser("serve", help="run a peer with a WebSocket server")
+    serve = sub.add_parser(
+        "serve",
+        help="run a peer with a WebSocket server",
+        description="Run a peer with a WebSocket server that other peers dial: a relay, and a "
+        "bootstrap peer for others. Prints its id and URL on stdout, logs its links on stderr, "
+        "and runs until Ctrl-C or SIGTERM.",
+    )
     _add_peer_options(serve, server=True)
+    add_metrics_arguments(serve)
 
-    listen = sub.add_parser("listen", help="print each message received as a JSON line")
-    _add_peer_options(listen, server=False)
+    listen = sub.add_parser(
+        "listen",
+        help="print each message received as a JSON line",
+        description="Join the network through --bootstrap and print each message received on "
+        'stdout, as one JSON line: {"from", "verified", "hops", "data"}. When no bootstrap '
+        "peer can be reached, or the last link is lost, it says so on stderr and keeps trying.",
+    )
+    _add_peer_options(listen, server=False, bootstrap_required=True)
+    add_metrics_arguments(listen)
     listen.add_argument(
         "--echo",
         action="store_true",
@@ -628,16 +891,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_peer_options(request, server=False, bootstrap_required=True)
     _add_target_options(request)
 
-    ident = sub.add_parser("id", help="print the id of an identity file (creating it)")
-    ident.add_argument("--identity", metavar="FILE", help="key file (created, mode 0600)")
+    ident = sub.add_parser(
+        "id",
+        help="print the id of an identity file (creating it)",
+        description="Print the peer id of the key in --identity FILE, creating the key (mode "
+        "0600) if the file does not exist. Give the same file to serve, listen, send or "
+        "request to be that peer.",
+    )
+    ident.add_argument(
+        "--identity",
+        metavar="FILE",
+        required=True,
+        help=f"{_IDENTITY_HELP} (required: an id is of use only with its key kept)",
+    )
+    ident.add_argument(
+        "-v", "--verbose", action="count", default=0, help="show the traceback of an error"
+    )
 
-    demo = sub.add_parser("demo", help="start a local network and watch messages hop through it")
+    demo = sub.add_parser(
+        "demo",
+        help="start a local network and watch messages hop through it",
+        description="Start a network of peers on 127.0.0.1 in this process, let them link up, "
+        "then send messages between peers that are not directly linked and show each one's "
+        "hops and time.",
+    )
     demo.add_argument("--nodes", type=int, default=20, help="peers to start (default 20)")
     demo.add_argument("--messages", type=int, default=10, help="messages to send (default 10)")
     demo.add_argument("--max-links", type=int, default=6, help="links per peer (default 6)")
-    demo.add_argument("--settle", type=float, default=15.0, help="max seconds to form links")
-    demo.add_argument("--seed", type=int, default=None, help="seed for the random pairs")
+    demo.add_argument(
+        "--settle", type=float, default=15.0, help="most seconds to form links (default 15)"
+    )
+    demo.add_argument(
+        "--seed", type=int, default=None, help="seed for the random pairs (default: random)"
+    )
 
+    sub.add_parser(
+        "status",
+        help="print a running peer's links, traffic and drops (see 'peer-relay status --help')",
+        add_help=False,
+    )
     sub.add_parser(
         "simulate",
         help="simulate a large network (see 'peer-relay simulate --help')",
@@ -650,6 +942,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["status"]:
+        from .status import status_main
+
+        return status_main(args_list[1:])
     if args_list[:1] == ["simulate"]:
         from .sim.cli import main as simulate_main
 
@@ -657,7 +953,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     args = build_parser().parse_args(args_list)
     if args.command == "id":
-        return _id(args)
+        try:
+            return _id(args)
+        except _Refusal as exc:
+            return _refused(args, exc)
     if args.command == "testbed":
         return _testbed(args)
     if args.command == "demo":
@@ -671,7 +970,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if not compiled.is_compiled():
             return _rerun_compiled(args.command, args_list)
-    _setup_logging(args.verbose, logging.INFO if args.command == "serve" else logging.WARNING)
+    _setup_logging(
+        args.verbose,
+        logging.INFO if args.command == "serve" else logging.WARNING,
+        args.log_format,
+    )
     if args.compiled:
         logging.getLogger("peer_relay.cli").info("running the core compiled by mypyc")
     runners = {"serve": _serve, "listen": _listen, "send": _send, "request": _request}
@@ -679,6 +982,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(runners[args.command](args))
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except _Refusal as exc:
+        return _refused(args, exc)
+    except MetricsError as exc:  # --metrics cannot listen: one line, what to do
+        refusal = _Refusal(str(exc))
+        refusal.__cause__ = exc
+        return _refused(args, refusal)
     except (ValueError, TypeError) as exc:
         # Arguments only the peer can judge (a bootstrap URL, a port, a message too large).
         if args.verbose:
@@ -686,7 +995,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"peer-relay {args.command}: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:
-        return _failed(args, "failed", exc)
+        if args.verbose:
+            return _failed(args, "failed", exc)
+        text = str(exc) or type(exc).__name__
+        return _failed(args, "failed", f"{text} (run with -v for the traceback)")
+
+
+def _refused(args: argparse.Namespace, exc: _Refusal) -> int:
+    """Report a refusal in one line on stderr (under ``-v``, after the traceback behind it)."""
+    if args.verbose:
+        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+    print(f"peer-relay {args.command}: {exc}", file=sys.stderr, flush=True)
+    return exc.status
 
 
 def _rerun_compiled(command: str, args_list: list[str]) -> int:

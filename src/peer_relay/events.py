@@ -6,7 +6,7 @@ simulator) carries them out. They are plain immutable values.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -73,6 +73,9 @@ class PeerLinked:
     peer_id: bytes
     transport: str
     authenticated: bool
+    handshake: float = field(default=0.0, repr=False, compare=False)
+    """Seconds from the link's start (our dial, or the connection accepted) to its opening (a
+    measurement, not part of the event's value: left out of its repr and equality)."""
 
 
 @dataclass(frozen=True, slots=True)

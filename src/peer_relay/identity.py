@@ -162,9 +162,14 @@ class Identity:
     def load_or_create(cls, path: str | os.PathLike[str]) -> Identity:
         """Load the key saved at ``path``, or create one there (mode 0600) if it is missing.
 
-        The file holds the private key as 64 hex digits and a newline.
+        The file holds the private key as 64 hex digits and a newline. Raises ``ValueError``
+        for a file that holds anything else, ``OSError`` for one that cannot be read or made.
         """
         file = Path(path)
+        not_a_key = (
+            f"{file} is not an identity file (one holds a private key as 64 hex digits): "
+            "name another file, or move this one away to have a new key made there"
+        )
         try:
             text = file.read_text().strip()
         except FileNotFoundError:
@@ -174,12 +179,14 @@ class Identity:
             with os.fdopen(fd, "w") as out:
                 out.write(identity.private_bytes().hex() + "\n")
             return identity
+        except UnicodeDecodeError:
+            raise ValueError(not_a_key) from None
         try:
             raw = bytes.fromhex(text)
         except ValueError:
-            raise ValueError(f"{file}: not an identity file (expected 64 hex digits)") from None
+            raise ValueError(not_a_key) from None
         if len(raw) != 32:
-            raise ValueError(f"{file}: not an identity file (expected 64 hex digits)")
+            raise ValueError(not_a_key)
         return cls(raw)
 
     def __repr__(self) -> str:

@@ -14,28 +14,32 @@ ID_BYTES = 20
 
 ID_HEX = 2 * ID_BYTES
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
+_WHAT_AN_ID_IS = f"a peer id is {ID_HEX} hex digits or {ID_BYTES} bytes"
+"""What every error about a malformed id says first (the browser API says the same)."""
 
 
 def parse_id(value: object) -> bytes:
     """Return ``value`` as a 20-byte id; accepts bytes-like, 40 hex digits or Buffer JSON.
 
-    Raises ``TypeError`` or ``ValueError`` with a message that names what was wrong.
+    Raises ``TypeError`` (not an id's type) or ``ValueError`` (the wrong length or digits) with
+    a message that says what an id must be.
     """
     if isinstance(value, bytes | bytearray | memoryview):
         raw = bytes(value)
         if len(raw) != ID_BYTES:
-            raise ValueError(f"a peer id is {ID_BYTES} bytes, got {len(raw)}")
+            raise ValueError(f"{_WHAT_AN_ID_IS}, got {len(raw)} bytes")
         return raw
     if isinstance(value, str):
         if len(value) != ID_HEX or not _HEX_DIGITS.issuperset(value):
-            raise ValueError(f"a peer id in text is {ID_HEX} hex digits, got {value!r}")
+            shown = value if len(value) <= 64 else value[:61] + "..."
+            raise ValueError(f"{_WHAT_AN_ID_IS}, got {shown!r} ({len(value)} characters)")
         return bytes.fromhex(value)
     if isinstance(value, dict):
         parsed = id_from_wire(value)
         if parsed is None:
-            raise ValueError("malformed Buffer JSON peer id")
+            raise ValueError(f"{_WHAT_AN_ID_IS} (or their Buffer JSON), got malformed Buffer JSON")
         return parsed
-    raise TypeError(f"a peer id is bytes or a hex string, not {type(value).__name__}")
+    raise TypeError(f"{_WHAT_AN_ID_IS}, not {type(value).__name__}")
 
 
 def id_from_wire(value: Any) -> bytes | None:

@@ -11,11 +11,15 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import socket
+import ssl
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Protocol
+
+from picows import WSHandshakeError
 
 from . import addresses
 from .addresses import AddressLearner
@@ -39,6 +43,7 @@ from .transports.websocket import WsLink, WsOptions, WsServer, dial
 from .wire import is_ws_url
 
 if TYPE_CHECKING:
+    from .metrics import MetricsServer
     from .transports.rtc_adapter import OpenRtcLink, RtcAdapter
 
 _log = logging.getLogger("peer_relay.node")
@@ -48,10 +53,18 @@ _HELD_PER_PENDING = 32
 """Connections held before they are turned away (see ``WsOptions.hold_refused``), per inbound
 handshake slot (``max_pending_links``): 1,024 by default."""
 _CONFIG_FIELDS = frozenset(f.name for f in fields(Config)) - {"url", "webrtc", "require_auth"}
+INBOX_WARNING_INTERVAL = 10.0
+"""Seconds between two warnings that :meth:`PeerRelay.messages` dropped messages: the first drop
+is logged at once, later ones add up and are logged once per interval while they go on."""
 
 
 class _Link(Protocol):
     """What the node needs of an open link, WebSocket or WebRTC."""
+
+    frames_in: int
+    bytes_in: int
+    frames_out: int
+    bytes_out: int
 
     @property
     def buffered(self) -> int: ...
@@ -94,6 +107,21 @@ class Message:
         return f"Message(data={self.data!r}, sender={self.sender.hex()}, hops={self.hops})"
 
 
+@dataclass(frozen=True, slots=True)
+class BootstrapFailure:
+    """Why the latest dial of a bootstrap URL failed (see :meth:`PeerRelay.bootstrap_failures`)."""
+
+    url: str
+    reason: str
+    """What happened and what to do, in one line."""
+    lasting: bool
+    """Whether waiting cannot mend it (the connection was refused, the server is no peer of
+    ours, it is a 0.0.2 peer and unsigned peers are not admitted): someone must change
+    something first."""
+    at: float
+    """When it failed (``time.time()``)."""
+
+
 class PeerRelay:
     """A peer of the relay network.
 
@@ -104,6 +132,9 @@ class PeerRelay:
     unsigned messages, whose senders are then marked unverified. Every other keyword is a
     :class:`~peer_relay.core.Config` limit or policy (``max_links``, ``max_frame``, ...), and
     ``max_inbox`` bounds the queue behind :meth:`messages`.
+
+    Two peers can link directly only if one of them listens (has a ``port``) or both enable
+    WebRTC (``wrtc=True``); otherwise their messages go through relays.
     """
 
     def __init__(
@@ -124,6 +155,7 @@ class PeerRelay:
         ping_timeout: float | None = 20.0,
         max_inbox: int = 1024,
         max_link_buffer: int = 16 << 20,
+        metrics: str | None = None,
         **options: Any,
     ) -> None:
         unknown = set(options) - _CONFIG_FIELDS
@@ -131,6 +163,12 @@ class PeerRelay:
             raise TypeError(f"unknown option(s): {', '.join(sorted(unknown))}")
         if port is not None and not 0 <= port <= 65535:
             raise ValueError("port must be in 0..65535 or None")
+        if isinstance(bootstrap, str | bytes):
+            raise TypeError(
+                "bootstrap must be a list of ws:// or wss:// URLs, not one string: wrap it in [...]"
+            )
+        if type(max_inbox) is not int or max_inbox < 1:
+            raise ValueError(f"max_inbox must be a positive number of messages, got {max_inbox!r}")
         self.identity = identity or Identity.generate()
         self.id: bytes = self.identity.id
         # A peer in the original's mode (admitting unsigned peers, or not signing) sends plain.
@@ -140,12 +178,22 @@ class PeerRelay:
         self._host = host
         self._bootstrap = list(bootstrap)
         for url in self._bootstrap:
-            if not url.startswith(("ws://", "wss://")):
+            if type(url) is not str or not url.startswith(("ws://", "wss://")):
                 raise ValueError(f"bootstrap URL must be ws:// or wss://, got {url!r}")
+        self._bootstrap_urls = frozenset(self._bootstrap)
+        self._bootstrap_dials: dict[int, str] = {}
+        """Bootstrap dials under way or open, by link handle."""
+        self._bootstrap_failed: dict[str, BootstrapFailure] = {}
         if public_url is not None and not is_ws_url(public_url):
             # It is sent to peers to dial; 0.0.2 peers crash on a URL they cannot parse.
             raise ValueError(f"public_url must be a ws:// or wss:// URL, got {public_url!r}")
         self._public_url = public_url
+        if metrics is not None:
+            from .metrics import parse_metrics_spec
+
+            parse_metrics_spec(metrics)  # a bad HOST:PORT raises ValueError here, not in start()
+        self._metrics_spec = metrics
+        self._metrics: MetricsServer | None = None
         self._ws_options = WsOptions(
             max_frame=self._config.max_frame,
             max_buffer=max_link_buffer,
@@ -174,7 +222,12 @@ class PeerRelay:
         self._connect_waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         """Deliveries and requests waiting for their outcome, by token."""
-        self._inbox: asyncio.Queue[Message] | None = None
+        self._inbox: asyncio.Queue[Message | None] | None = None
+        """What :meth:`messages` reads; None, put last when this peer is destroyed, ends it."""
+        self._inbox_ended = False
+        self._inbox_unreported = 0
+        """Messages dropped from the inbox since the last warning."""
+        self._inbox_warning: asyncio.TimerHandle | None = None
         self._node_drops: Counter[str] = Counter()
         self._link_ready: asyncio.Event | None = None
         self._starting: asyncio.Future[None] | None = None
@@ -204,6 +257,10 @@ class PeerRelay:
 
     async def _start(self) -> None:
         self._link_ready = asyncio.Event()
+        if self._metrics_spec is not None and self._metrics is None:
+            from .metrics import start_metrics
+
+            self._metrics = await start_metrics(self, self._metrics_spec)
         if self._port is not None:
             server = WsServer(self._accepted, self._admits, self._upgrading, self._ws_options)
             await server.start(self._host, self._port)
@@ -257,6 +314,9 @@ class PeerRelay:
             self._flush()
         if self._timer is not None:
             self._timer.cancel()
+        if self._inbox_warning is not None:
+            self._inbox_warning.cancel()
+            self._report_inbox_drops()
         if self._rtc is not None:
             await self._rtc.close()
         ws_links = [link for link in self._links.values() if isinstance(link, WsLink)]
@@ -276,15 +336,20 @@ class PeerRelay:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for waiters in self._connect_waiters.values():
+        for target, waiters in self._connect_waiters.items():
             for fut in waiters:
                 if not fut.done():
-                    fut.set_exception(ConnectionError("peer destroyed"))
+                    fut.set_exception(self._connect_error(target, "shutdown"))
         self._connect_waiters.clear()
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(DeliveryError("this peer was destroyed before an answer came"))
         self._waiting.clear()
+        if self._inbox is not None and not self._inbox_ended:
+            self._inbox_ended = True
+            self._inbox.put_nowait(None)
+        if self._metrics is not None:
+            await self._metrics.close()
         _log.info("peer %s destroyed", short(self.id))
 
     async def __aenter__(self) -> PeerRelay:
@@ -302,7 +367,11 @@ class PeerRelay:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters: frames and bytes in and out, delivered, relayed, drops by reason, links."""
+        """Counters: frames and bytes in and out, delivered, relayed, drops by reason, links.
+
+        ``stats["dropped"]`` counts what was dropped, by reason: among them ``inbox-full``,
+        messages :meth:`messages` dropped because ``max_inbox`` of them waited unread.
+        """
         if self._core is None:
             return {}
         out = self._core.stats.as_dict()
@@ -322,7 +391,7 @@ class PeerRelay:
             return {}
         out = self._core.bounds()
         cfg = self._config
-        inbox = 0 if self._inbox is None else self._inbox.qsize()
+        inbox = 0 if self._inbox is None else self._inbox.qsize() - (1 if self._inbox_ended else 0)
         out["inbox"] = (inbox, self._max_inbox)
         out["host_links"] = (len(self._links), 2 * cfg.max_links + cfg.max_pending_links)
         rtc = 0 if self._rtc is None else len(self._rtc.links)
@@ -333,13 +402,29 @@ class PeerRelay:
 
     def inspect(self) -> dict[str, Any]:
         """Whom this peer deals with now (see :meth:`peer_relay.core.Core.inspect`), and the
-        ICE servers its WebRTC links use."""
+        ICE servers its WebRTC links use. An open link also shows its ``traffic``: messages and
+        their bytes read and sent on it (``frames_in``, ``bytes_in``, ``frames_out``,
+        ``bytes_out``)."""
         if self._core is None:
             return {}
         readout = {**self._core.inspect(), "ice_servers": list(self._ice_servers)}
+        for link in readout["links"]:
+            carrier = self._links.get(link["handle"])
+            if carrier is not None:
+                link["traffic"] = {
+                    "frames_in": carrier.frames_in,
+                    "bytes_in": carrier.bytes_in,
+                    "frames_out": carrier.frames_out,
+                    "bytes_out": carrier.bytes_out,
+                }
         if self._learner is not None:
             readout["address"] = self._learner.readout()
         return readout
+
+    @property
+    def metrics(self) -> MetricsServer | None:
+        """The server of ``metrics="HOST:PORT"`` once started (``.url``, ``.port``), else None."""
+        return self._metrics
 
     @property
     def config(self) -> Config:
@@ -370,7 +455,10 @@ class PeerRelay:
         """
         core = self._require_core()
         token = core.deliver(peer_id, data, time.time(), timeout)
+        started = time.monotonic()
         await self._outcome(token)
+        if self._metrics is not None:
+            self._metrics.observe_delivery(time.monotonic() - started, "deliver")
 
     async def request(self, peer_id: object, data: Any, timeout: float = 10.0) -> Any:
         """Send ``data`` to the request handler of ``peer_id`` (see :meth:`on`) and return its
@@ -382,7 +470,11 @@ class PeerRelay:
         """
         core = self._require_core()
         token = core.request(peer_id, data, time.time(), timeout)
-        return await self._outcome(token)
+        started = time.monotonic()
+        reply = await self._outcome(token)
+        if self._metrics is not None:
+            self._metrics.observe_delivery(time.monotonic() - started, "request")
+        return reply
 
     async def _outcome(self, token: int) -> Any:
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -405,10 +497,16 @@ class PeerRelay:
     async def connect(self, peer_id: object, timeout: float | None = None) -> None:
         """Form a direct link to ``peer_id`` through a relayed handshake.
 
-        Raises ``TimeoutError`` if it does not open in time, ``ConnectionError`` if it fails.
+        One of the two peers must listen (have a ``port``), or both must enable WebRTC
+        (``wrtc=True``). Raises ``ConnectionError`` when the link cannot open (the message says
+        why and what to try), ``TimeoutError`` when it has not opened within ``timeout`` seconds
+        (by default the ``connect_timeout`` limit), ``ValueError``/``TypeError`` at once for a
+        bad id or timeout.
         """
         core = self._require_core()
         target = parse_id(peer_id)
+        if timeout is not None and not (type(timeout) in (int, float) and timeout > 0):
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._connect_waiters.setdefault(target, []).append(fut)
         core.connect(target, time.time())
@@ -416,6 +514,14 @@ class PeerRelay:
         wait = timeout if timeout is not None else self._config.connect_timeout + 1.0
         try:
             await asyncio.wait_for(asyncio.shield(fut), wait)
+        except TimeoutError:
+            if fut.done():
+                raise  # the core's attempt timed out: its own message
+            raise TimeoutError(
+                f"connect to {short(target)}: no direct link within {wait:g}s (the timeout "
+                f"given); the attempt goes on for up to connect_timeout "
+                f"({self._config.connect_timeout:g}s): wait longer, or check the peer is online"
+            ) from None
         finally:
             waiters = self._connect_waiters.get(target, [])
             if fut in waiters:
@@ -450,23 +556,47 @@ class PeerRelay:
     def messages(self) -> AsyncIterator[Message]:
         """Messages addressed to this peer, as they arrive: ``async for data, sender in ...``.
 
-        Messages are kept from the first call on (earlier ones are not). When more than
-        ``max_inbox`` wait unread, the oldest is dropped and counted as ``inbox-full``.
+        Messages are kept from the first call on (earlier ones are not); the iteration ends
+        once this peer is destroyed and what was kept has been read. When ``max_inbox`` wait
+        unread, each new one drops the oldest: a warning is logged (at once, then at most once
+        every :data:`INBOX_WARNING_INTERVAL` seconds, with the count since the last one), and
+        ``stats["dropped"]["inbox-full"]`` counts them all. Read faster, or raise
+        ``max_inbox``; :meth:`deliver` tells the sender when a message arrived.
         """
         if self._inbox is None:
-            self._inbox = asyncio.Queue(self._max_inbox)
+            self._inbox = asyncio.Queue()
+            if self._destroyed:
+                self._inbox_ended = True
+                self._inbox.put_nowait(None)
         return self._read_inbox(self._inbox)
 
-    async def _read_inbox(self, inbox: asyncio.Queue[Message]) -> AsyncIterator[Message]:
-        while not self._destroyed or not inbox.empty():
-            yield await inbox.get()
+    async def _read_inbox(self, inbox: asyncio.Queue[Message | None]) -> AsyncIterator[Message]:
+        while (message := await inbox.get()) is not None:
+            yield message
+        inbox.put_nowait(None)  # the end, for every other reader too
+
+    def bootstrap_failures(self) -> list[BootstrapFailure]:
+        """The bootstrap URLs whose latest dial failed, and why, in the order given (a URL
+        dialled again, or that led to a link, is not listed).
+
+        While this peer has no link, it dials them again after ``bootstrap_retry`` seconds,
+        then after twice that each time, up to a minute (see :mod:`peer_relay.core.bootstrap`).
+        """
+        dialling = set(self._bootstrap_dials.values())
+        return [
+            failure
+            for url in dict.fromkeys(self._bootstrap)
+            if (failure := self._bootstrap_failed.get(url)) is not None and url not in dialling
+        ]
 
     async def wait_for_peers(self, count: int = 1, timeout: float = 10.0) -> None:
-        """Wait until at least ``count`` direct links are open."""
+        """Wait until at least ``count`` direct links are open; raise ``TimeoutError`` (with
+        the bootstrap peers' failures, if any) after ``timeout`` seconds."""
         deadline = asyncio.get_running_loop().time() + timeout
         while len(self.peers) < count:
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{len(self.peers)} of {count} links open after {timeout}s")
+                why = "".join(f"; {f.url}: {f.reason}" for f in self.bootstrap_failures())
+                raise TimeoutError(f"{len(self.peers)} of {count} links open after {timeout}s{why}")
             assert self._link_ready is not None
             self._link_ready.clear()
             with contextlib.suppress(TimeoutError):
@@ -506,6 +636,8 @@ class PeerRelay:
         _log.info("%s linked to %s (%s)", short(self.id), short(event.peer_id), event.transport)
         if self._link_ready is not None:
             self._link_ready.set()
+        if self._metrics is not None:
+            self._metrics.observe_handshake(event.handshake, event.transport)
         self._emit("peer", PeerId(event.peer_id, event.authenticated))
 
     def _peer_unlinked(self, event: PeerUnlinked) -> None:
@@ -518,17 +650,72 @@ class PeerRelay:
                 if event.ok:
                     fut.set_result(None)
                 else:
-                    fut.set_exception(ConnectionError(f"connect failed: {event.reason}"))
+                    fut.set_exception(self._connect_error(event.peer_id, event.reason))
+
+    def _connect_error(self, target: bytes, reason: str) -> OSError:
+        """What :meth:`connect` raises when the core's attempt ended for ``reason``."""
+        who = f"connect to {short(target)}"
+        if reason == "timeout":
+            if self.url is None and not self._wrtc:
+                hint = (
+                    "this peer cannot be dialled (no port, no WebRTC), so the other must "
+                    "listen (a port) or both must enable WebRTC (wrtc=True)"
+                )
+            else:
+                hint = "check that it is online and that it can reach this peer or be reached"
+            return TimeoutError(
+                f"{who}: no direct link within connect_timeout "
+                f"({self._config.connect_timeout:g}s): it did not answer, or the link it "
+                f"answered with did not open; {hint}"
+            )
+        if reason == "unreachable":
+            return ConnectionError(
+                f"{who}: neither peer can reach the other: one of them must listen (a port) or "
+                "both must enable WebRTC (wrtc=True)"
+            )
+        if reason in ("link-limit", "bucket-full"):
+            return ConnectionError(
+                f"{who}: this peer has no room for another link ({reason}): raise max_links "
+                f"({self._config.max_links}) or disconnect() a peer"
+            )
+        if reason == "shutdown":
+            return ConnectionError(f"{who}: this peer was destroyed before the link opened")
+        return ConnectionError(f"{who} failed: {reason}")
 
     def _deliver(self, event: Delivered) -> None:
         sender = PeerId(event.sender, event.verified)
         inbox = self._inbox
-        if inbox is not None:
-            if inbox.full():
+        if inbox is not None and not self._inbox_ended:
+            if inbox.qsize() >= self._max_inbox:
                 inbox.get_nowait()
-                self._node_drops["inbox-full"] += 1
+                self._inbox_dropped()
             inbox.put_nowait(Message(event.data, sender, event.hops))
         self._emit("message", event.data, sender)
+
+    def _inbox_dropped(self) -> None:
+        self._node_drops["inbox-full"] += 1
+        self._inbox_unreported += 1
+        if self._inbox_warning is None:
+            self._report_inbox_drops()
+
+    def _report_inbox_drops(self) -> None:
+        """Warn of the messages dropped since the last warning, if any, and of those to come
+        only after :data:`INBOX_WARNING_INTERVAL` seconds."""
+        count, self._inbox_unreported = self._inbox_unreported, 0
+        self._inbox_warning = None
+        if not count:
+            return
+        _log.warning(
+            "peer %s dropped %d message%s from messages(): %d waited unread (max_inbox); "
+            "read them faster or raise max_inbox (all drops: stats['dropped']['inbox-full'])",
+            short(self.id),
+            count,
+            "" if count == 1 else "s",
+            self._max_inbox,
+        )
+        if not self._destroyed:
+            loop = asyncio.get_running_loop()
+            self._inbox_warning = loop.call_later(INBOX_WARNING_INTERVAL, self._report_inbox_drops)
 
     def _delivery_result(self, event: DeliveryResult) -> None:
         fut = self._waiting.get(event.token)
@@ -631,7 +818,10 @@ class PeerRelay:
     async def _dial(self, handle: int, url: str) -> None:
         try:
             link = await dial(url, self._ws_options)
-        except (OSError, TimeoutError, Exception) as exc:
+        except Exception as exc:
+            url_dialled = self._bootstrap_dials.pop(handle, None)
+            if url_dialled is not None and not self._destroyed:
+                self._bootstrap_dial_failed(url_dialled, *self._dial_failure(exc))
             if self._core is not None:
                 self._core.link_closed(handle, time.time(), f"dial failed: {exc!r}"[:200])
                 self._flush()
@@ -657,14 +847,58 @@ class PeerRelay:
             flush()
 
         def on_close(reason: str) -> None:
-            self._links.pop(handle, None)
-            core.link_closed(handle, time.time(), reason)
+            self._link_gone(handle, reason)
             flush()
 
         self._links[handle] = link
         # The core may have queued the hello before the link object existed.
         flush()
         link.bind(on_frame, on_close)
+
+    def _link_gone(self, handle: int, reason: str) -> None:
+        """WebSocket link ``handle`` ended on the remote's side (or broke): tell the core."""
+        core = self._core
+        assert core is not None
+        self._links.pop(handle, None)
+        url = self._bootstrap_dials.pop(handle, None)
+        linked = len(core.peers)
+        core.link_closed(handle, time.time(), reason)
+        if url is not None and len(core.peers) == linked and not self._destroyed:
+            # A bootstrap link that closed before it opened.
+            self._bootstrap_refused(url, reason)
+
+    # ------------------------------------------------------------------ bootstrap failures
+
+    def _bootstrap_refused(self, url: str, reason: str) -> None:
+        """A bootstrap link closed in its handshake, for the core's or the remote's
+        ``reason``."""
+        failure = _handshake_failure(reason)
+        if failure is not None:
+            self._bootstrap_dial_failed(url, *failure)
+
+    def _dial_failure(self, exc: Exception) -> tuple[str, bool]:
+        """Why a dial failed, in a line that says what to do, and whether it lasts."""
+        if isinstance(exc, ConnectionRefusedError):
+            return "connection refused: nothing listens there (is the peer running?)", True
+        if isinstance(exc, socket.gaierror):
+            return (
+                f"cannot resolve its host name ({exc.strerror}): check the URL",
+                exc.errno != socket.EAI_AGAIN,
+            )
+        if isinstance(exc, TimeoutError):
+            wait = self._ws_options.open_timeout
+            return f"no answer within {wait:g}s: is the host up, its port open?", False
+        if isinstance(exc, ssl.SSLError):
+            return f"TLS failed ({exc.reason or exc}): does it serve wss:// there?", True
+        if isinstance(exc, WSHandshakeError):
+            return f"not a WebSocket server ({exc}): check the URL's port and path", True
+        if isinstance(exc, OSError):
+            return f"cannot connect ({exc.strerror or exc}): check the network and the URL", False
+        return f"dial failed: {exc!r}"[:200], False
+
+    def _bootstrap_dial_failed(self, url: str, reason: str, lasting: bool) -> None:
+        self._bootstrap_failed[url] = BootstrapFailure(url, reason, lasting, time.time())
+        _log.info("%s: bootstrap %s failed: %s", short(self.id), url, reason)
 
     # ------------------------------------------------------------------ WebRTC links
 
@@ -703,6 +937,10 @@ class PeerRelay:
             self._flush()
 
     def _rtc_frame(self, handle: int, frame: str) -> None:
+        link = self._links.get(handle)
+        if link is not None:
+            link.frames_in += 1
+            link.bytes_in += len(frame.encode())
         if self._core is not None:
             self._core.frame_received(handle, frame, time.time())
             self._flush()
@@ -732,12 +970,25 @@ class _NodeHost:
     def send_frame(self, handle: int, frame: bytes) -> bool:
         # False when the link is closing, gone or full: the core re-routes the frame.
         link = self._peer._links.get(handle)
-        return link is not None and link.send(frame)
+        if link is None:
+            return False
+        if link.send(frame):
+            return True
+        if isinstance(link, WsLink) and link.closing:
+            # The core sends only on links it has not closed: the remote closed this one, and
+            # its end is yet to be reported. Report it now, or the core would close the link
+            # for "send failed" and make a normal close look like a failure.
+            self._peer._link_gone(handle, "remote closed")
+        return False
 
     def close_link(self, handle: int, reason: str) -> None:
         peer = self._peer
         link = peer._links.get(handle)
-        if isinstance(link, WsLink) and peer._core is not None and not peer._core.has_link(handle):
+        url = peer._bootstrap_dials.pop(handle, None)
+        never_opened = peer._core is not None and not peer._core.has_link(handle)
+        if url is not None and never_opened and not peer._destroyed:
+            peer._bootstrap_refused(url, reason)
+        if isinstance(link, WsLink) and never_opened:
             # It never opened (the core forgot it already): no closing handshake to wait for,
             # and nothing more to carry.
             peer._links.pop(handle, None)
@@ -748,7 +999,11 @@ class _NodeHost:
             peer._rtc.close_link(handle, reason)
 
     def dial_websocket(self, handle: int, url: str, expected_id: bytes | None) -> None:
-        self._peer._spawn(self._peer._dial(handle, url))
+        peer = self._peer
+        if expected_id is None and url in peer._bootstrap_urls:
+            peer._bootstrap_dials[handle] = url
+            peer._bootstrap_failed.pop(url, None)
+        peer._spawn(peer._dial(handle, url))
 
     def start_webrtc(self, handle: int, peer_id: bytes, initiator: bool) -> None:
         if self._peer._rtc is not None:
@@ -799,6 +1054,38 @@ def _warn_loopback_once(url: str) -> None:
             "pass public_url (--public-url) with an address they can reach",
             url,
         )
+
+
+_HANDSHAKE_FAILURES: dict[str, tuple[str, bool]] = {
+    "unauthenticated-peer": (
+        "it is a peer of the original 0.0.2, which cannot prove its id, and unsigned peers are "
+        "not admitted: admit them with allow_unsigned=True (--allow-unsigned)",
+        True,
+    ),
+    "self-link": ("it is this peer itself: bootstrap from another peer", True),
+    "handshake-timeout": (
+        "it took the connection but did not finish the handshake in time: is it a peer-relay "
+        "peer, and is it overloaded?",
+        False,
+    ),
+}
+
+
+def _handshake_failure(reason: str) -> tuple[str, bool] | None:
+    """Why a link closed in its handshake, in a line that says what to do, and whether that
+    lasts; None for a close that is no failure."""
+    if reason in ("shutdown", "duplicate", "superseded"):
+        return None  # closing down, or linked to that peer already
+    known = _HANDSHAKE_FAILURES.get(reason)
+    if known is not None:
+        return known
+    if reason.startswith(("bad-handshake", "bad-hello", "bad-proof", "key-mismatch")):
+        return f"its handshake is not ours ({reason}): is it a peer-relay peer?", True
+    if reason in ("link-limit", "bucket-full"):
+        return f"this peer has no room for the link ({reason})", False
+    if reason.startswith("remote closed"):
+        return f"it closed the connection in the handshake ({reason}): full, or stopping?", False
+    return reason, False
 
 
 def _config_dict(config: Config) -> dict[str, Any]:

@@ -524,6 +524,12 @@ def canonical(value: Any) -> bytes:
         return rfc8785.dumps(value)
     except RecursionError:
         raise ValueError("data is nested too deeply") from None
+    except rfc8785.FloatDomainError as exc:
+        found = str(exc).split(" ", 1)[0]
+        raise ValueError(
+            f"data must be JSON: NaN and Infinity are not JSON (found {found}); "
+            "send null or a string instead"
+        ) from None
     except (rfc8785.CanonicalizationError, TypeError) as exc:
         raise ValueError(f"data is not interoperable JSON: {exc}") from None
 

@@ -159,6 +159,21 @@ class Connector:
         self.answered.touch(sender, now + ctx.config.connect_timeout)
         answer = {"ws": ctx.url, "wrtc": ctx.config.webrtc}
         self.router.originate(sender.hex(), wire.HANDSHAKE_ANSWER, answer, now)
+        if sender in self.attempts and self._unreachable(payload):
+            # Both asked at once and we answered: our own offer gets no answer (the lower id
+            # waits for ours), and this offer says already that neither can reach the other.
+            self.fail(sender, "unreachable", now)
+
+    def _unreachable(self, offer: Any) -> bool:
+        """Whether an offer shows that no link can open: we cannot be dialled, it names no URL
+        to dial, and WebRTC is not on at both ends."""
+        ctx = self.ctx
+        return (
+            ctx.url is None
+            and type(offer) is dict
+            and not (type(offer.get("ws")) is str and wire.is_ws_url(offer["ws"]))
+            and not (offer.get("wrtc") is True and ctx.config.webrtc)
+        )
 
     def _dial_back(self, sender: bytes, payload: Any, now: float) -> bool:
         """We cannot be dialled, so dial the URL of ``sender``'s offer (if it has one); False (a

@@ -33,6 +33,7 @@ class Link:
     __slots__ = (
         "authenticated",
         "awaiting",
+        "created",
         "deadline",
         "expected",
         "handle",
@@ -65,6 +66,7 @@ class Link:
         self.transport = transport
         self.state: int = DIALING
         self.deadline = deadline
+        self.created = 0.0  # when the link started (our dial, or the connection accepted)
         self.expected: bytes | None = None
         self.peer_id = b""
         self.peer_hex = ""

@@ -74,6 +74,7 @@ class Links:
         self.next_handle += 1
         self.ctx.wake(now)  # its handshake has a deadline
         link = Link(handle, outbound, transport, deadline)
+        link.created = now
         self.by_handle[handle] = link
         return link
 
@@ -242,7 +243,7 @@ class Links:
         link.inbound_pending = False
         self.open.append(link)
         ctx.stats.links_opened += 1
-        ctx.events.append(PeerLinked(peer_id, link.transport, authenticated))
+        ctx.events.append(PeerLinked(peer_id, link.transport, authenticated, now - link.created))
         self.opened(link, now)
 
     def _resolve_duplicate(

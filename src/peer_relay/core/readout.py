@@ -51,8 +51,9 @@ def bounds(cfg: Config, parts: Parts) -> dict[str, tuple[int, int]]:
 
 
 def inspect(parts: Parts) -> dict[str, Any]:
-    """Every link with its state, the attempts in flight, the peers answered, the peers left
-    alone, and the peers with a WebRTC link, as plain values (ids in hex)."""
+    """Every link with its state (its handle, and when it opened on the core's clock once
+    open), the attempts in flight, the peers answered, the peers left alone, and the peers with
+    a WebRTC link, as plain values (ids in hex)."""
     connector = parts.connector
     return {
         "links": [
@@ -62,6 +63,8 @@ def inspect(parts: Parts) -> dict[str, Any]:
                 "transport": link.transport,
                 "outbound": link.outbound,
                 "authenticated": link.authenticated,
+                "handle": link.handle,
+                "opened_at": link.opened_at if link.opened_at else None,
             }
             for link in parts.links.by_handle.values()
         ],

@@ -22,11 +22,13 @@ class OpenRtcLink:
     """An open WebRTC link as a host sends on it: :meth:`send` never raises, :meth:`close`
     returns at once (the link closes in the background)."""
 
-    __slots__ = ("_link", "_spawn")
+    __slots__ = ("_link", "_spawn", "bytes_in", "bytes_out", "frames_in", "frames_out")
 
     def __init__(self, link: RTCLink, spawn: Callable[[Coroutine[Any, Any, None]], None]) -> None:
         self._link = link
         self._spawn = spawn
+        self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        """Messages and their bytes read (counted by the host) and sent on this link."""
 
     @property
     def buffered(self) -> int:
@@ -39,6 +41,8 @@ class OpenRtcLink:
             self._link.send(frame.decode())
         except (RTCLinkError, ValueError):
             return False
+        self.frames_out += 1
+        self.bytes_out += len(frame)
         return True
 
     def close(self, reason: str) -> None:

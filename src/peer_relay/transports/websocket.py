@@ -90,6 +90,35 @@ class WsLink(WSListener):
     over then, with the close, if the connection ended meanwhile.
     """
 
+    # A node holds one per link end: slots keep each a few hundred bytes smaller.
+    __slots__ = (
+        "_close_reason",
+        "_closing",
+        "_disconnected",
+        "_drop_timer",
+        "_early",
+        "_early_bytes",
+        "_ended",
+        "_loop",
+        "_on_close",
+        "_on_connected",
+        "_on_frame",
+        "_options",
+        "_out",
+        "_out_bytes",
+        "_parts",
+        "_parts_bytes",
+        "bytes_in",
+        "bytes_out",
+        "dropped",
+        "frames_in",
+        "frames_out",
+        "observed",
+        "remote_ip",
+        "request_host",
+        "transport",
+    )
+
     def __init__(
         self, options: WsOptions, on_connected: Callable[[WsLink], None] | None = None
     ) -> None:
@@ -113,10 +142,12 @@ class WsLink(WSListener):
         self._ended: str | None = None
         self._drop_timer: asyncio.TimerHandle | None = None
         self._loop = asyncio.get_running_loop()
-        self._disconnected = self._loop.create_future()
+        self._disconnected: asyncio.Future[None] | None = None
         self._out: list[bytes] = []
         self._out_bytes = 0
         self.dropped = 0
+        self.frames_in = self.bytes_in = self.frames_out = self.bytes_out = 0
+        """Messages and their bytes read and sent on this link (payloads, not framing)."""
 
     # ------------------------------------------------------------------ the node's side
 
@@ -160,6 +191,8 @@ class WsLink(WSListener):
         if not self._out:
             self._loop.call_soon(self.write)
         self._out.append(frame)
+        self.frames_out += 1
+        self.bytes_out += len(frame)
         self._out_bytes += len(frame)
         return True
 
@@ -209,6 +242,10 @@ class WsLink(WSListener):
 
     async def wait_closed(self) -> None:
         """Return once the connection is gone."""
+        if self._ended is not None:
+            return
+        if self._disconnected is None:
+            self._disconnected = self._loop.create_future()
         await asyncio.shield(self._disconnected)
 
     # ------------------------------------------------------------------ picows' side
@@ -262,7 +299,7 @@ class WsLink(WSListener):
         reason = self._close_reason or "remote closed (no close frame)"
         self._ended = reason
         self._parts = []
-        if not self._disconnected.done():
+        if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
         on_close = self._on_close
         if on_close is not None:
@@ -281,6 +318,8 @@ class WsLink(WSListener):
     def _received(self, message: bytes) -> None:
         if self._closing:
             return
+        self.frames_in += 1
+        self.bytes_in += len(message)
         on_frame = self._on_frame
         if on_frame is not None:
             on_frame(message)

@@ -14,7 +14,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed, InvalidMessage, InvalidStatus
 
-from peer_relay.transports.websocket import WsLink, WsOptions, WsServer, dial
+from peer_relay.transports.websocket import MAX_FRAGMENTS, WsLink, WsOptions, WsServer, dial
 
 SIZES = (0, 1, 125, 126, 65535, 65536, 200_000)
 """Payload lengths at each boundary of the three length encodings (RFC 6455 5.2)."""
@@ -141,6 +141,29 @@ async def test_a_reserved_bit_is_a_protocol_error() -> None:
             writer.close()
         assert answer[:1] == b"\x88" and int.from_bytes(answer[2:4], "big") == 1002
         assert accepted.frames == []
+
+
+async def test_a_message_in_too_many_fragments_closes_with_1009_even_if_they_are_empty() -> None:
+    async with server() as (_srv, accepted, url):
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(url.rsplit(":", 1)[1]))
+        try:
+            writer.write(
+                b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            empty_text = bytes((0x01, 0x80, 0, 0, 0, 0))  # a text frame, not final, empty
+            empty_more = bytes((0x00, 0x80, 0, 0, 0, 0))  # a continuation, not final, empty
+            writer.write(empty_text + empty_more * (MAX_FRAGMENTS + 10))
+            answer = await asyncio.wait_for(reader.read(1024), 5)
+        finally:
+            writer.close()
+        assert answer[:1] == b"\x88" and int.from_bytes(answer[2:4], "big") == 1009
+        assert accepted.frames == []
+        async with asyncio.timeout(5):
+            while not accepted.closed:
+                await asyncio.sleep(0.01)
+        assert accepted.closed == ["protocol error: message in too many fragments"]
 
 
 async def test_closing_sends_the_reason_and_waits_for_the_remote_close() -> None:

@@ -44,6 +44,7 @@ from typing import Any, NoReturn
 from ..errors import DeliveryError
 from ..identity import Identity
 from ..node import Message, PeerRelay
+from ..status import rss_bytes
 
 MAX_LINE = 1 << 20
 """Longest request line read; a longer one is answered with an error (and skipped)."""
@@ -56,15 +57,8 @@ _log = logging.getLogger("peer_relay.testbed.agent")
 
 
 def rss_kb() -> int:
-    """This process's resident set size in KiB (``VmRSS``), 0 where /proc is not there."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    """This process's resident set size in KiB, 0 where /proc is not there."""
+    return (rss_bytes() or 0) // 1024
 
 
 class RequestError(Exception):

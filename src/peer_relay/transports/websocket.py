@@ -50,6 +50,8 @@ if _picows_log.level == logging.NOTSET:
 _picows_logger = logging.LoggerAdapter(_picows_log, {})
 
 _masks = PooledRandom()
+MAX_FRAGMENTS = 1024
+"""Most fragments one incoming message may come in (browsers, ``ws`` and picows send one)."""
 _REFUSAL = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 39\r\n"
     b"Connection: close\r\n\r\ntoo many connections from your address\n"
@@ -99,6 +101,7 @@ class WsLink(WSListener):
         "_early",
         "_early_bytes",
         "_ended",
+        "_fragments",
         "_loop",
         "_on_close",
         "_on_connected",
@@ -107,7 +110,6 @@ class WsLink(WSListener):
         "_out",
         "_out_bytes",
         "_parts",
-        "_parts_bytes",
         "bytes_in",
         "bytes_out",
         "dropped",
@@ -135,8 +137,9 @@ class WsLink(WSListener):
         self._on_close: Callable[[str], None] | None = None
         self._early: list[bytes] = []
         self._early_bytes = 0
-        self._parts: list[bytes] = []
-        self._parts_bytes = 0
+        self._parts: bytearray | None = None
+        """The fragments of a message read so far (None: no fragmented message under way)."""
+        self._fragments = 0
         self._closing = False
         self._close_reason: str | None = None
         self._ended: str | None = None
@@ -265,21 +268,22 @@ class WsLink(WSListener):
             # No extension was negotiated: a reserved bit is a protocol error (RFC 6455 5.2).
             self._fail(WSCloseCode.PROTOCOL_ERROR, "reserved bits set")
         elif kind is WSMsgType.TEXT or kind is WSMsgType.BINARY:
-            if self._parts:
+            if self._parts is not None:
                 self._fail(WSCloseCode.PROTOCOL_ERROR, "a new message inside a fragmented one")
             elif frame.fin:
                 self._received(frame.get_payload_as_bytes())
             else:
-                self._part(frame.get_payload_as_bytes())
+                self._parts = bytearray()
+                self._part(frame)
         elif kind is WSMsgType.CONTINUATION:
-            if not self._parts:
+            if self._parts is None:
                 self._fail(WSCloseCode.PROTOCOL_ERROR, "a continuation of no message")
                 return
-            self._part(frame.get_payload_as_bytes())
-            if frame.fin and self._parts:
-                message = b"".join(self._parts)
-                self._parts = []
-                self._parts_bytes = 0
+            self._part(frame)
+            if frame.fin and self._parts is not None:
+                message = bytes(self._parts)
+                self._parts = None
+                self._fragments = 0
                 self._received(message)
         elif kind is WSMsgType.CLOSE:
             code = frame.get_close_code()
@@ -298,7 +302,7 @@ class WsLink(WSListener):
             self._drop_timer = None
         reason = self._close_reason or "remote closed (no close frame)"
         self._ended = reason
-        self._parts = []
+        self._parts = None
         if self._disconnected is not None and not self._disconnected.done():
             self._disconnected.set_result(None)
         on_close = self._on_close
@@ -327,17 +331,23 @@ class WsLink(WSListener):
             self._early.append(message)
             self._early_bytes += len(message)
 
-    def _part(self, data: bytes) -> None:
-        self._parts_bytes += len(data)
-        if self._parts_bytes > self._options.max_frame:
+    def _part(self, frame: WSFrame) -> None:
+        """Add a fragment to the message under way: at most ``max_frame`` bytes in at most
+        :data:`MAX_FRAGMENTS` fragments (empty ones count: they cost a callback each)."""
+        parts = self._parts
+        assert parts is not None
+        self._fragments += 1
+        if len(parts) + frame.payload_size > self._options.max_frame:
             self._fail(WSCloseCode.MESSAGE_TOO_BIG, "message too big")
-            return
-        self._parts.append(data)
+        elif self._fragments > MAX_FRAGMENTS:
+            self._fail(WSCloseCode.MESSAGE_TOO_BIG, "message in too many fragments")
+        else:
+            parts += frame.get_payload_as_memoryview()
 
     def _fail(self, code: WSCloseCode, reason: str) -> None:
         """The remote broke the protocol: close with ``code`` and drop the connection."""
-        self._parts = []
-        self._parts_bytes = 0
+        self._parts = None
+        self._fragments = 0
         if self._close_reason is None:
             self._close_reason = f"protocol error: {reason}"
         self._closing = True

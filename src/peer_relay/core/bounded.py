@@ -1,9 +1,14 @@
 """Bounded structures the parts keep: an insertion-ordered map capped in size and expiring on
-the clock, a token bucket, and token buckets per source."""
+the clock, duplicate filters of message keys, a token bucket, and token buckets per source.
+
+They hold many entries in every peer (a simulation runs 100,000 peers in one process), so they
+keep no object per entry that they can do without.
+"""
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import heapq
+from array import array
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
@@ -15,15 +20,17 @@ class BoundedMap(Generic[K, V]):
     """At most ``limit`` entries, oldest first; entries whose expiry has passed can be dropped
     from the front with :meth:`expire`.
 
-    Reads go straight to :attr:`entries` (an ``OrderedDict``); writes go through :meth:`put` or
-    :meth:`touch`, which keep the bound. ``expiry`` tells an entry's expiry from its value
+    Reads go straight to :attr:`entries` (a ``dict``, in insertion order); writes go through
+    :meth:`put` or :meth:`touch`, which keep the bound (or ``pop`` and ``clear`` of
+    :attr:`entries`, which cannot break it). ``expiry`` tells an entry's expiry from its value
     (None: entries never expire, only the bound removes them).
     """
 
     __slots__ = ("entries", "expiry", "limit")
 
     def __init__(self, limit: int, expiry: Callable[[V], float] | None = None) -> None:
-        self.entries: OrderedDict[K, V] = OrderedDict()
+        # A plain dict, not an OrderedDict: the same order for some 50 bytes less per entry.
+        self.entries: dict[K, V] = {}
         self.limit = limit
         self.expiry = expiry
 
@@ -33,15 +40,15 @@ class BoundedMap(Generic[K, V]):
         entries = self.entries
         entries[key] = value
         if len(entries) > self.limit:
-            entries.popitem(last=False)
+            del entries[next(iter(entries))]
 
     def touch(self, key: K, value: V) -> None:
         """Set ``key`` and move it last; drop the oldest entry when over the limit."""
         entries = self.entries
+        entries.pop(key, None)
         entries[key] = value
-        entries.move_to_end(key)
         if len(entries) > self.limit:
-            entries.popitem(last=False)
+            del entries[next(iter(entries))]
 
     def expire(self, now: float) -> None:
         """Drop the entries at the front whose expiry is at or before ``now``.
@@ -53,10 +60,13 @@ class BoundedMap(Generic[K, V]):
         if expiry is None:
             return
         entries = self.entries
-        while entries:
-            key, value = next(iter(entries.items()))
+        gone: list[K] = []
+        # One pass: a dict finds its first entry by skipping the ones deleted before it.
+        for key, value in entries.items():
             if expiry(value) > now:
                 break
+            gone.append(key)
+        for key in gone:
             del entries[key]
 
     def first_expiry(self) -> float | None:
@@ -67,6 +77,211 @@ class BoundedMap(Generic[K, V]):
 
     def __len__(self) -> int:
         return len(self.entries)
+
+
+class KeyFilter:
+    """A duplicate filter: message keys (``hash()`` values), each remembered until its expiry,
+    at most ``limit`` at once (the first added forgotten first).
+
+    The semantics of a :class:`BoundedMap` of key -> expiry (the front expires first; one that
+    lives longer holds back those behind it) in a set and two arrays: no object per entry but
+    its key. Ask :attr:`keys` (or the filter) with ``in``; add a key (not there already) with
+    :meth:`add`.
+    """
+
+    __slots__ = ("_expiries", "_head", "_order", "keys", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.keys: set[int] = set()
+        self.limit = limit
+        self._order = array("q")
+        """The keys in the order they were added; those before ``_head`` are forgotten."""
+        self._expiries = array("d")
+        self._head = 0
+
+    def add(self, key: int, expiry: float) -> None:
+        """Remember ``key`` (not there) until ``expiry``; forget the first added when over the
+        limit."""
+        keys = self.keys
+        keys.add(key)
+        self._order.append(key)
+        self._expiries.append(expiry)
+        if len(keys) > self.limit:
+            keys.discard(self._order[self._head])
+            self._head += 1
+            self._compact()
+
+    def expire(self, now: float) -> None:
+        """Forget the keys at the front whose expiry is at or before ``now``."""
+        expiries = self._expiries
+        head = self._head
+        end = len(expiries)
+        if head == end or expiries[head] > now:
+            return
+        keys, order = self.keys, self._order
+        while head < end and expiries[head] <= now:
+            keys.discard(order[head])
+            head += 1
+        self._head = head
+        self._compact()
+
+    def first_expiry(self) -> float | None:
+        """The expiry of the key at the front, if any."""
+        head = self._head
+        return self._expiries[head] if head < len(self._expiries) else None
+
+    def _compact(self) -> None:
+        head = self._head
+        if head >= 16 and 2 * head >= len(self._order):
+            del self._order[:head]
+            del self._expiries[:head]
+            self._head = 0
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+FORGOTTEN = -2
+"""The date of a slot of :class:`DatedKeys` whose key was forgotten early (real dates are -1,
+undated, or a signed timestamp)."""
+
+
+class DatedKeys:
+    """The duplicate filter of signed messages: like :class:`KeyFilter`, each key with the date
+    of its message (-1: undated); over the limit, the key of the earliest ``(date, key)`` is
+    forgotten first (:meth:`add` returns it: the replay floor's rise).
+
+    A heap by date is kept only while the limit is reached (with a limit as large as the
+    default, practically never): otherwise the filter costs a :class:`KeyFilter` and a date
+    per key.
+    """
+
+    __slots__ = ("_base", "_by_date", "_dates", "_expiries", "_head", "_order", "keys", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.keys: set[int] = set()
+        self.limit = limit
+        self._order = array("q")
+        """The keys in the order they were added; those before ``_head`` are forgotten."""
+        self._expiries = array("d")
+        self._dates = array("q")
+        """Each slot's date, or :data:`FORGOTTEN`."""
+        self._head = 0
+        """The first slot remembered (never a forgotten one)."""
+        self._base = 0
+        """The number of the slot at the front of the arrays (the heap's slot numbers outlive
+        a cut of the front): slot ``i`` is at ``i - _base``."""
+        self._by_date: list[tuple[int, int, int]] | None = None
+        """A heap of (date, key, slot), while the filter is full: some are out of date."""
+
+    def add(self, key: int, date: int, expiry: float) -> tuple[int, int] | None:
+        """Remember ``key`` (not there), dated ``date`` (-1 or more), until ``expiry``; over
+        the limit, forget the earliest dated and return its (date, key)."""
+        keys = self.keys
+        keys.add(key)
+        order = self._order
+        order.append(key)
+        self._expiries.append(expiry)
+        self._dates.append(date)
+        by_date = self._by_date
+        if by_date is not None:
+            heapq.heappush(by_date, (date, key, self._base + len(order) - 1))
+        if len(keys) <= self.limit:
+            return None
+        return self._forget_earliest()
+
+    def _forget_earliest(self) -> tuple[int, int]:
+        by_date = self._by_date
+        if by_date is None:
+            by_date = self._by_date = self._heap()
+        dates, base, head = self._dates, self._base, self._head
+        while True:
+            date, key, slot = heapq.heappop(by_date)
+            at = slot - base
+            if at >= head and dates[at] != FORGOTTEN:
+                break
+        dates[at] = FORGOTTEN
+        self.keys.discard(key)
+        if at == head:
+            self._advance(head)
+        elif len(dates) - head > 2 * len(self.keys) + 16:
+            self._squeeze()
+        return date, key
+
+    def _heap(self) -> list[tuple[int, int, int]]:
+        dates, order, base = self._dates, self._order, self._base
+        heap = [
+            (dates[at], order[at], base + at)
+            for at in range(self._head, len(dates))
+            if dates[at] != FORGOTTEN
+        ]
+        heapq.heapify(heap)
+        return heap
+
+    def expire(self, now: float) -> None:
+        """Forget the keys at the front whose expiry is at or before ``now``."""
+        expiries = self._expiries
+        head = self._head
+        end = len(expiries)
+        if head == end or expiries[head] > now:
+            return
+        keys, order, dates = self.keys, self._order, self._dates
+        while head < end:
+            if dates[head] != FORGOTTEN:
+                if expiries[head] > now:
+                    break
+                keys.discard(order[head])
+            head += 1
+        self._head = head
+        self._compact()
+        by_date = self._by_date
+        if by_date is not None and (
+            2 * len(keys) < self.limit or len(by_date) > 2 * len(keys) + 64
+        ):
+            self._by_date = None  # made again (without what expired) when next needed
+
+    def first_expiry(self) -> float | None:
+        """The expiry of the key at the front, if any."""
+        head = self._head
+        return self._expiries[head] if head < len(self._expiries) else None
+
+    def _advance(self, head: int) -> None:
+        """Move the front past ``head`` and the forgotten slots after it."""
+        dates = self._dates
+        end = len(dates)
+        head += 1
+        while head < end and dates[head] == FORGOTTEN:
+            head += 1
+        self._head = head
+        self._compact()
+
+    def _compact(self) -> None:
+        head = self._head
+        if head >= 16 and 2 * head >= len(self._order):
+            del self._order[:head]
+            del self._expiries[:head]
+            del self._dates[:head]
+            self._base += head
+            self._head = 0
+
+    def _squeeze(self) -> None:
+        """Drop the forgotten slots (keys forgotten early, out of order) from the arrays."""
+        order, expiries, dates = self._order, self._expiries, self._dates
+        kept = [at for at in range(self._head, len(dates)) if dates[at] != FORGOTTEN]
+        self._order = array("q", [order[at] for at in kept])
+        self._expiries = array("d", [expiries[at] for at in kept])
+        self._dates = array("q", [dates[at] for at in kept])
+        self._head = 0
+        self._by_date = None  # its slot numbers are void
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def expires_at(value: float) -> float:
@@ -117,12 +332,13 @@ class Budgets(Generic[K]):
         self.buckets: BoundedMap[K, TokenBucket] = BoundedMap(limit)
 
     def _bucket(self, key: K, now: float) -> TokenBucket:
-        bucket = self.buckets.entries.get(key)
+        entries = self.buckets.entries
+        bucket = entries.pop(key, None)
         if bucket is None:
             bucket = TokenBucket(self.rate, self.burst, now)
             self.buckets.put(key, bucket)
         else:
-            self.buckets.entries.move_to_end(key)
+            entries[key] = bucket  # last: the most recently used
         return bucket
 
     def spent(self, key: K, now: float, cost: float = 1.0) -> bool:

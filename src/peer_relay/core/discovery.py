@@ -52,7 +52,8 @@ class Discovery:
         """Answer findPeers with candidates too (0.0.2), not only open links."""
         self.lookups = lookups
         """Follow foundPeers answers with more questions (iterative lookups)."""
-        self.candidates: KBucketTable[float] = KBucketTable(ctx.id, cfg.k)
+        # Asked about whole buckets, never about one id: no dict of every entry.
+        self.candidates: KBucketTable[float] = KBucketTable(ctx.id, cfg.k, lookups=False)
         self.introducers: BoundedMap[bytes, str] = BoundedMap(INTRODUCERS_PER_K * cfg.k)
         """Who (hex) listed each of the most recent candidates in a foundPeers."""
         self.asked: BoundedMap[bytes, float] = BoundedMap(4 * LOOKUP_PARALLEL + cfg.near_count)
@@ -98,7 +99,7 @@ class Discovery:
             return False
         linked = {link.peer_hex for link in self.links.open}
         linked.add(ctx.hex)
-        add = self.candidates.add
+        place = self.candidates.place
         introducers = self.introducers
         for entry in payload[: ctx.config.k]:
             if type(entry) is str and len(entry) == 40 and entry.islower():
@@ -114,9 +115,10 @@ class Discovery:
                 hex_id, peer_id = parsed, bytes.fromhex(parsed)
             if hex_id in linked:
                 continue
-            add(peer_id, now, replace_oldest=True)
+            kept = place(peer_id, now)
             if introducer != hex_id:
-                introducers.touch(peer_id, introducer)
+                # Keyed by the table's copy of the id: a known id is not kept twice.
+                introducers.touch(peer_id if kept is None else kept, introducer)
         if self.lookups:
             asked = self.asked.entries
             sender = bytes.fromhex(introducer)

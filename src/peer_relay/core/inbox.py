@@ -8,14 +8,12 @@ the bounded filter had to forget early (see :meth:`Inbox._remember`).
 
 from __future__ import annotations
 
-import heapq
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 from .. import wire
 from ..identity import Verifier, id_for_key
 from ..wire import Envelope, WireError
-from .bounded import BoundedMap, expires_at
+from .bounded import DatedKeys, KeyFilter
 from .budgets import REQUESTS, ControlBudgets, Source
 from .context import Context
 from .link import Link
@@ -59,23 +57,22 @@ class Inbox:
         self.blame = False
         """Whether the last message refused by :meth:`accept` was refused for its sender's
         fault (a failed signature check, its sender past its budget), not a relay's."""
-        self.seen: BoundedMap[int, float] = BoundedMap(cfg.max_seen, expires_at)
-        """Messages we relayed (their key -> expiry)."""
-        self.delivered: OrderedDict[int, tuple[float, int]] = OrderedDict()
-        """Messages delivered to us (their key -> (expiry, signed ts or -1))."""
+        self.seen = KeyFilter(cfg.max_seen)
+        """Messages we relayed (their keys)."""
+        self.delivered = DatedKeys(cfg.max_seen)
+        """Messages delivered to us (their keys, dated by their signed ts or -1)."""
         # Every signed message at or below (ts, key) is refused: those forgotten to keep the
-        # duplicate filter bounded are all there (a heap over delivered gives the lowest first).
+        # duplicate filter bounded are all there (it forgets the lowest first).
         self.replay_floor: tuple[int, int] = (-1, 0)
-        self._by_ts: list[tuple[int, int]] = []
 
     def first_relay(self, env: Envelope, now: float) -> bool:
         """Whether ``env`` (for another peer) is new; remember it. A repeat is dropped."""
         key = message_key(env.sender, env.nonce)
         seen = self.seen
-        if key in seen.entries:
+        if key in seen.keys:
             self.ctx.drop("duplicate", env.nonce)
             return False
-        seen.put(key, now + self.ctx.config.seen_ttl)
+        seen.add(key, now + self.ctx.config.seen_ttl)
         return True
 
     def accept(self, env: Envelope, now: float, link: Link) -> Received | None:
@@ -85,7 +82,7 @@ class Inbox:
         ctx = self.ctx
         self.blame = False
         key = message_key(env.sender, env.nonce)
-        if key in self.delivered:
+        if key in self.delivered.keys:
             ctx.drop("duplicate", env.nonce)
             return None
         injected, via = self.came(env, link)
@@ -148,7 +145,7 @@ class Inbox:
         if ts_ms < self.started_ms:
             return "before-start"
         key = hash((sender_hex, opener))
-        if key in self.delivered or (ts_ms, key) <= self.replay_floor:
+        if key in self.delivered.keys or (ts_ms, key) <= self.replay_floor:
             return "replay"
         self._remember(key, ts_ms, now)
         return None
@@ -227,39 +224,23 @@ class Inbox:
 
     def _remember(self, key: int, ts: int, now: float) -> None:
         cfg = self.ctx.config
-        delivered = self.delivered
-        delivered[key] = (now + cfg.seen_ttl, ts)
-        by_ts = self._by_ts
-        heapq.heappush(by_ts, (ts, key))
-        if len(delivered) > cfg.max_seen:
-            # Forget the message dated earliest, not the one received first: the floor rises as
-            # little as it can, and one message dated late in the window (from any signer) cannot
-            # lift the floor above every honest clock and make honest messages look replayed.
-            while True:
-                oldest = heapq.heappop(by_ts)
-                entry = delivered.get(oldest[1])
-                if entry is not None and entry[1] == oldest[0]:
-                    del delivered[oldest[1]]
-                    break
-            self.replay_floor = max(self.replay_floor, oldest)
-        elif len(by_ts) > 2 * len(delivered) + 64:
-            self._by_ts = [(entry_ts, k) for k, (_expiry, entry_ts) in delivered.items()]
-            heapq.heapify(self._by_ts)
+        # Over max_seen, the filter forgets the message dated earliest, not the one received
+        # first: the floor rises as little as it can, and one message dated late in the window
+        # (from any signer) cannot lift the floor above every honest clock and make honest
+        # messages look replayed.
+        forgot = self.delivered.add(key, ts, now + cfg.seen_ttl)
+        if forgot is not None:
+            self.replay_floor = max(self.replay_floor, forgot)
 
     def expire(self, now: float) -> None:
         """Forget the messages whose time in the filters is over."""
         self.seen.expire(now)
-        delivered = self.delivered
-        while delivered:
-            key, (expiry, _ts) = next(iter(delivered.items()))
-            if expiry > now:
-                break
-            del delivered[key]
+        self.delivered.expire(now)
 
     def first_expiries(self) -> list[float]:
         """When the oldest entry of each filter expires (for the timer)."""
-        first = self.seen.first_expiry()
-        heads = [] if first is None else [first]
-        if self.delivered:
-            heads.append(next(iter(self.delivered.values()))[0])
+        heads = []
+        for first in (self.seen.first_expiry(), self.delivered.first_expiry()):
+            if first is not None:
+                heads.append(first)
         return heads

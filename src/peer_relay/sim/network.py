@@ -46,7 +46,7 @@ from ..events import (
 )
 from ..host import Pump
 from ..identity import Identity
-from ..sealing import StandInSuite
+from ..sealing import Handshake, StandInSuite
 
 EPOCH = 1_700_000_000.0
 """Virtual time starts here, so that signed timestamps look like real ones."""
@@ -128,7 +128,10 @@ def message_kind(frame: bytes) -> str | None:
     return None
 
 
-_Pair = tuple["SimNode", int]
+_Carried = tuple["SimNode", int, float]
+"""A carried link: (the remote node, its handle, when the last frame sent on it arrives)."""
+_GONE = (None, 0, 0.0)
+"""What :attr:`SimNode.links` gives for a handle it does not carry."""
 
 
 @dataclass(eq=False, slots=True, repr=False)
@@ -143,10 +146,9 @@ class SimNode:
     timer_at: float | None = None
     joined_at: float = 0.0
     left_at: float | None = None
-    links: dict[int, _Pair] = field(default_factory=dict)
-    """Carried links: our handle -> (remote node, its handle)."""
-    clock: dict[int, float] = field(default_factory=dict)
-    """Arrival time of the last frame sent on each link (links are ordered streams)."""
+    links: dict[int, _Carried] = field(default_factory=dict)
+    """Carried links: our handle -> (remote node, its handle, arrival time of the last frame
+    sent on it: links are ordered streams)."""
     pump: Pump = field(init=False)
     """Drives :attr:`core` (the same pump as a live node's)."""
     mark: bytes = b""
@@ -164,6 +166,36 @@ class SimNode:
         # Not the fields: through its links each peer reaches every other, and a repr that
         # followed them (pytest's, of a failed assertion) would grow with the whole network.
         return f"SimNode({self.index}, {self.core.hex[:8]}{'' if self.alive else ', gone'})"
+
+
+class _LazyStandIn:
+    """A simulated peer's :class:`~peer_relay.sealing.StandInSuite`, made at its first
+    handshake: its random stream (seeded from the peer's seed, as ever) costs 2.5 KB, and many
+    peers never open a session."""
+
+    __slots__ = ("_public_key", "_seed", "_suite", "name")
+
+    def __init__(self, public_key: bytes, seed: bytes) -> None:
+        self.name = "stand-in"  # the stand-in's
+        self._public_key = public_key
+        self._seed = seed
+        self._suite: StandInSuite | None = None
+
+    def _made(self) -> StandInSuite:
+        suite = self._suite
+        if suite is None:
+            rng = random.Random(b"sim-suite" + self._seed)
+            suite = self._suite = StandInSuite(self._public_key, rng)
+        return suite
+
+    def initiator(self, prologue: bytes, remote_static: bytes) -> Handshake:
+        return self._made().initiator(prologue, remote_static)
+
+    def responder(self, prologue: bytes) -> Handshake:
+        return self._made().responder(prologue)
+
+    def cost_of_opening(self) -> int:
+        return self._made().cost_of_opening()
 
 
 class SimNetwork:
@@ -246,7 +278,7 @@ class SimNetwork:
             identity = Identity(signer=FastSigner(seed))
             # The stand-in's ephemeral keys come from a random stream of their own: the
             # core's own draws stay those it would make with the real suite.
-            suite = StandInSuite(identity.public_key, random.Random(b"sim-suite" + seed))
+            suite = _LazyStandIn(identity.public_key, seed)
             core = Core(
                 identity,
                 config,
@@ -285,11 +317,10 @@ class SimNetwork:
             return
         node.alive = False
         node.left_at = self.now
-        for peer, peer_handle in node.links.values():
+        for peer, peer_handle, _last in node.links.values():
             # Frames the remote sends meanwhile are carried to the dead peer and lost there.
             self.at(self.keepalive(self.rng), self._silent_close, peer, peer_handle, node)
         node.links.clear()
-        node.clock.clear()
         if node.url is not None:
             self.by_url.pop(node.url, None)
 
@@ -316,7 +347,7 @@ class SimNetwork:
         for node in self.nodes:
             if not node.alive:
                 continue
-            for handle, (peer, _peer_handle) in node.links.items():
+            for handle, (peer, _peer_handle, _last) in node.links.items():
                 if self._cut(node, peer):
                     delay = self.keepalive(self.rng)
                     self.at(delay, self._partition_timeout, node, handle, peer, epoch)
@@ -333,7 +364,7 @@ class SimNetwork:
     def _partition_timeout(self, node: SimNode, handle: int, peer: SimNode, epoch: int) -> None:
         if epoch != self._partition_epoch or not node.alive:
             return
-        if node.links.get(handle, (None, 0))[0] is peer:
+        if node.links.get(handle, _GONE)[0] is peer:
             self._remote_closed(node, handle, "keepalive timeout")
 
     # ---------------------------------------------------------------- the clock
@@ -412,14 +443,14 @@ class SimNetwork:
             return
         # Each simulated peer is a host of its own: its index is its source address.
         peer_handle = target.core.link_accepted(self.now, "ws", f"sim-{node.index}")
-        node.links[handle] = (target, peer_handle)
-        target.links[peer_handle] = (node, handle)
+        node.links[handle] = (target, peer_handle, 0.0)
+        target.links[peer_handle] = (node, handle, 0.0)
         node.core.link_connected(handle, self.now)
         self.pump(target)
         self.pump(node)
 
     def _silent_close(self, node: SimNode, handle: int, dead: SimNode) -> None:
-        if node.links.get(handle, (None, 0))[0] is dead:
+        if node.links.get(handle, _GONE)[0] is dead:
             self._remote_closed(node, handle, "keepalive timeout")
 
     def _close_reached(self, node: SimNode, handle: int, peer: SimNode, peer_handle: int) -> None:
@@ -427,13 +458,13 @@ class SimNetwork:
         ``node`` learns the link is gone once that answer arrives, behind every frame the
         peer sent before it (until then they still arrive, as over a real WebSocket)."""
         answered = self.now + self.latency(self.rng)
-        if peer.links.get(peer_handle, (None, 0))[0] is node:
-            answered = max(answered, peer.clock.get(peer_handle, 0.0) + 1e-6)
+        remote, _handle, last = peer.links.get(peer_handle, _GONE)
+        if remote is node:
+            answered = max(answered, last + 1e-6)
             self._remote_closed(peer, peer_handle)
         self.at(answered - self.now, self._remote_closed, node, handle, "closed")
 
     def _remote_closed(self, node: SimNode, handle: int, reason: str = "remote closed") -> None:
-        node.clock.pop(handle, None)
         node.links.pop(handle, None)
         if node.alive:
             node.core.link_closed(handle, self.now, reason)
@@ -462,8 +493,8 @@ class _SimHost:
 
     def send_frame(self, handle: int, frame: bytes) -> bool:
         net, node = self.net, self.node
-        pair = node.links.get(handle)
-        if pair is None:
+        carried = node.links.get(handle)
+        if carried is None:
             # The link is gone on our side: the adapter reports the frame back, as a live one does.
             net.at(0.0, net._undeliverable, node, handle, frame)
             return True
@@ -474,7 +505,7 @@ class _SimHost:
         ):
             net.frames_swallowed += 1
             return True
-        peer, peer_handle = pair
+        peer, peer_handle, last = carried
         net.frames_sent += 1
         if net.count_user:
             kind = message_kind(frame)
@@ -490,22 +521,20 @@ class _SimHost:
             return True
         # Links are ordered streams: a frame never overtakes the one before it.
         arrive = net.now + net.latency(net.rng)
-        last = node.clock.get(handle, 0.0)
         if arrive <= last:
             arrive = last + 1e-6
-        node.clock[handle] = arrive
+        node.links[handle] = (peer, peer_handle, arrive)
         net._seq += 1
         heapq.heappush(net._queue, (arrive, net._seq, net._arrive, (peer, peer_handle, frame)))
         return True
 
     def close_link(self, handle: int, reason: str) -> None:
         net, node = self.net, self.node
-        pair = node.links.pop(handle, None)
-        last = node.clock.pop(handle, 0.0)
-        if pair is not None and pair[0].links.get(pair[1], (None, 0))[0] is node:
+        peer, peer_handle, last = node.links.pop(handle, _GONE)
+        if peer is not None and peer.links.get(peer_handle, _GONE)[0] is node:
             # A WebSocket's close frame follows the frames sent before it on the stream.
             reach = max(net.now + net.latency(net.rng), last + 1e-6)
-            net.at(reach - net.now, net._close_reached, node, handle, *pair)
+            net.at(reach - net.now, net._close_reached, node, handle, peer, peer_handle)
         else:
             net.at(2 * net.latency(net.rng), net._remote_closed, node, handle, "closed")
 

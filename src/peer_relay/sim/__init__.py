@@ -2,6 +2,7 @@
 
 - :class:`SimNetwork` runs cores and carries their frames (latency, loss, crashes, partitions);
 - :func:`run_simulation` runs one experiment (join, settle, messages with churn) and measures it;
+- :mod:`peer_relay.sim.sweep` runs one experiment with many seeds at once (here or on Dask);
 - :func:`peer_relay.sim.cli.main` is ``peer-relay simulate``.
 """
 
@@ -14,7 +15,15 @@ from .network import (
     lognormal_latency,
     uniform_delay,
 )
-from .runner import STRATEGIES, SimParams, SimReport, run_simulation, strategy_config
+from .runner import (
+    STRATEGIES,
+    SimParams,
+    SimReport,
+    SimulationTooLarge,
+    check_params,
+    run_simulation,
+    strategy_config,
+)
 
 __all__ = [
     "EPOCH",
@@ -24,6 +33,8 @@ __all__ = [
     "SimNode",
     "SimParams",
     "SimReport",
+    "SimulationTooLarge",
+    "check_params",
     "fast_verify",
     "lognormal_latency",
     "run_simulation",

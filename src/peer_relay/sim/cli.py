@@ -1,23 +1,25 @@
 """``peer-relay simulate``: run the simulator from the command line and print what it measured.
 
 :func:`main` takes the arguments that follow ``simulate`` and returns an exit status; the
-``peer-relay`` command hands it its arguments.
+``peer-relay`` command hands it its arguments. With ``--seeds K`` (or ``--dask``) it runs a
+sweep (:mod:`peer_relay.sim.sweep`) and prints the spread of each figure over the seeds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import subprocess
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import IO, TYPE_CHECKING, Any, TypeVar
+from dataclasses import asdict, dataclass, replace
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from . import compiled, runner
+from . import compiled, runner, sweep
 from .runner import SENDING, STRATEGIES, Progress, SimParams, SimReport, run_simulation
 
 if TYPE_CHECKING:
@@ -29,9 +31,16 @@ _T = TypeVar("_T")
 PLOT_HINT = "--plot needs matplotlib: pip install 'peer-relay[plot]'"
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage above them)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``peer-relay simulate``."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="peer-relay simulate",
         description="Run N peers (the real core) on a virtual clock and measure routing.",
     )
@@ -118,6 +127,35 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run the core compiled by mypyc (built once; needs a C compiler)",
     )
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run seeds SEED..SEED+K-1 in parallel and print each figure's mean, standard "
+        "deviation and range (default 1)",
+    )
+    parser.add_argument(
+        "--jobs",
+        "-j",
+        type=int,
+        default=None,
+        metavar="N",
+        help="most runs at once on this machine (default: one per CPU)",
+    )
+    parser.add_argument(
+        "--dask",
+        metavar="ADDRESS",
+        help="run each seed as a task on the Dask scheduler at ADDRESS (tcp://host:port)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="most memory a run may take, in MiB (default: what is available, shared by the "
+        "runs at once); a run projected beyond it stops during its join",
+    )
     return parser
 
 
@@ -129,17 +167,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in names:
         if name not in STRATEGIES:
             parser.error(f"unknown strategy {name!r}; choose from {', '.join(STRATEGIES)}, all")
-    if args.nodes < 2:
-        parser.error("--nodes must be at least 2")
-    if args.messages < 0 or not 0 <= args.loss < 1 or not 0 <= args.churn <= 1:
-        parser.error("--messages must be >= 0, --loss in [0, 1) and --churn in [0, 1]")
-    if not 0 <= args.swallowers <= 1 or not args.deliver_timeout > 0:
-        parser.error("--swallowers must be in [0, 1] and --deliver-timeout > 0")
-    if args.plot and not _have_matplotlib():
-        print(f"peer-relay simulate: {PLOT_HINT}", file=sys.stderr)
-        return 2
-    if args.compiled and not compiled.is_compiled():
-        return _rerun_compiled(list(sys.argv[1:] if argv is None else argv))
+    if args.seeds < 1:
+        parser.error(f"--seeds must be at least 1 (got {args.seeds})")
+    if args.jobs is not None and args.jobs < 1:
+        parser.error(f"--jobs must be at least 1 (got {args.jobs})")
+    if args.plot and (args.seeds > 1 or args.dask):
+        parser.error("--plot draws one run per strategy: drop --seeds and --dask, or --plot")
+    if args.compiled and args.dask:
+        parser.error("Dask workers run the core they import: drop --compiled with --dask")
+    if args.memory_limit is not None and not 0 < args.memory_limit < math.inf:
+        parser.error(f"--memory-limit must be a number of MiB above 0 (got {args.memory_limit})")
+    limit = None if args.memory_limit is None else round(args.memory_limit * 2**20)
     base = SimParams(
         nodes=args.nodes,
         messages=args.messages,
@@ -154,30 +192,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         sending=args.sending,
         deliver_timeout=args.deliver_timeout,
         swallowers=args.swallowers,
+        memory_limit=limit,
     )
+    try:
+        runner.check_params(base)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.plot and not _have_matplotlib():
+        print(f"peer-relay simulate: {PLOT_HINT}", file=sys.stderr)
+        return 2
+    if args.compiled and not compiled.is_compiled():
+        return _rerun_compiled(list(sys.argv[1:] if argv is None else argv))
+    client = None
+    if args.dask:
+        try:
+            client = sweep.connect_dask(args.dask)
+        except sweep.SweepError as exc:
+            parser.error(str(exc))
+    runs = [replace(base, strategy=name) for name in names]
     progress = None if args.json else _Progress(sys.stderr)
-    reports: list[SimReport] = []
-    observed: list[Observed] = []
-    for name in names:
-        params = replace(base, strategy=name)
-        if progress is not None:
-            progress.begin(params)
-        if args.plot:  # what the plot draws beyond the report, too
-            if len(names) > 1:
-                run = _isolated(run_observed, params, progress)
-            else:
-                run = run_observed(params, progress)
-            observed.append(run)
-            reports.append(run.report)
-        elif len(names) > 1:
-            reports.append(run_isolated(params, progress))
+    try:
+        if client is None and args.seeds == 1:
+            reports, observed = _run_each(runs, progress, bool(args.plot))
         else:
-            reports.append(run_simulation(params, progress))
+            reports, observed = _run_sweep(runs, args.seeds, args.jobs, client, progress), []
+    except runner.SimulationTooLarge as exc:
         if progress is not None:
-            progress.done()
+            progress.clear()
+        print(f"peer-relay simulate: error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if client is not None:
+            client.close()
     if args.json:
         core = "compiled" if compiled.is_compiled() else "python"
-        print(json.dumps({"core": core, "runs": [r.as_dict() for r in reports]}, indent=2))
+        out: dict[str, Any] = {"core": core, "runs": [r.as_dict() for r in reports]}
+        if args.seeds > 1:
+            out["summary"] = {
+                name: {k: asdict(v) for k, v in sweep.summarize(group).items()}
+                for name, group in _by_strategy(reports).items()
+            }
+        print(json.dumps(out, indent=2))
+    elif args.seeds > 1:
+        print(format_sweep(reports))
     else:
         print(format_reports(reports))
     if args.plot:
@@ -185,6 +242,64 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not args.json:
             print(f"plot written to {args.plot}")
     return 0
+
+
+def _run_each(
+    runs: list[SimParams], progress: _Progress | None, plot: bool
+) -> tuple[list[SimReport], list[Observed]]:
+    """Run ``runs`` one after the other (each in a process of its own when there are more
+    than one): their reports, and what their plot draws if ``plot``."""
+    reports: list[SimReport] = []
+    observed: list[Observed] = []
+    for params in runs:
+        if progress is not None:
+            progress.begin(params)
+        if plot:  # what the plot draws beyond the report, too
+            if len(runs) > 1:
+                run = _isolated(run_observed, params, progress)
+            else:
+                run = run_observed(params, progress)
+            observed.append(run)
+            reports.append(run.report)
+        elif len(runs) > 1:
+            reports.append(run_isolated(params, progress))
+        else:
+            reports.append(run_simulation(params, progress))
+        if progress is not None:
+            progress.done()
+    return reports, observed
+
+
+def _run_sweep(
+    runs: list[SimParams], seeds: int, jobs: int | None, client: Any, progress: _Progress | None
+) -> list[SimReport]:
+    """Run each of ``runs`` with ``seeds`` seeds, in a local pool or on Dask (``client``),
+    saying on ``progress``'s stream as each ends: the reports, by strategy then seed."""
+    every = [seeded for params in runs for seeded in sweep.seeded(params, seeds)]
+    finished: Counter[str] = Counter()
+
+    def done(report: SimReport) -> None:
+        if progress is None:
+            return
+        name = report.params["strategy"]
+        finished[name] += 1
+        progress.out.write(
+            f"[{name}] seed {report.params['seed']} done in {report.wall_time:.1f} s "
+            f"({finished[name]}/{seeds})\n"
+        )
+        progress.out.flush()
+
+    if client is not None:
+        return sweep.run_dask(client, every, done)
+    return sweep.run_local(every, jobs, done)
+
+
+def _by_strategy(reports: list[SimReport]) -> dict[str, list[SimReport]]:
+    """``reports`` grouped by strategy, in order."""
+    groups: dict[str, list[SimReport]] = {}
+    for r in reports:
+        groups.setdefault(r.params["strategy"], []).append(r)
+    return groups
 
 
 PHASES = ("join", "settle", "messages")
@@ -254,11 +369,15 @@ class _Progress:
 
     def done(self) -> None:
         """The run is over: clear the status line, or say how long it took."""
+        if not self.live:
+            self._say(f"done in {time.perf_counter() - self.start:.1f} s")
+        self.clear()
+
+    def clear(self) -> None:
+        """Erase the status line (on a terminal), so that what follows starts a line."""
         if self.live:
             self.out.write("\r\x1b[K")
             self.out.flush()
-        else:
-            self._say(f"done in {time.perf_counter() - self.start:.1f} s")
         self.phase = ""
 
 
@@ -310,16 +429,22 @@ def _isolated(
     child.start()
     sender.close()
     try:
-        result: _T = receiver.recv()
+        result: _T | Exception = receiver.recv()
     except EOFError:
         child.join()
         raise RuntimeError(f"the simulation process died (exit code {child.exitcode})") from None
     child.join()
+    if isinstance(result, Exception):
+        raise result
     return result
 
 
 def _child(run: Callable[..., object], params: SimParams, progress: Any, sender: Any) -> None:
-    sender.send(run(params, progress))
+    try:
+        result = run(params, progress)
+    except Exception as exc:  # raised in the parent (a run too large, say), not printed here
+        result = exc
+    sender.send(result)
     sender.close()
 
 
@@ -367,10 +492,7 @@ def _receipt_time(r: SimReport) -> str:
 def format_reports(reports: list[SimReport]) -> str:
     """A table, one column per run."""
     first = reports[0].params
-    head = (
-        f"{first['nodes']} peers, {reports[0].sent} messages, churn {first['churn']:.0%}, "
-        f"loss {first['loss']:.1%}, seed {first['seed']}, sent by {first['sending']}"
-    )
+    head = _head(first, reports[0].sent, f"seed {first['seed']}")
     if first["swallowers"]:
         head += f", {reports[0].swallowers} peers swallow what they relay"
     rows: list[tuple[str, list[str]]] = [
@@ -409,13 +531,7 @@ def format_reports(reports: list[SimReport]) -> str:
             ],
         ),
     ]
-    width = max(len(label) for label, _ in rows) + 2
-    cols = [max(len(row[1][i]) for row in rows) + 2 for i in range(len(reports))]
-    lines = [head]
-    for label, values in rows:
-        lines.append(
-            label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols, strict=True))
-        )
+    lines = _table(head, rows)
     for r in reports:
         name = r.params["strategy"]
         lines.append(f"message frames (messages) ({name}): {_fmt_kinds(r)}")
@@ -425,6 +541,60 @@ def format_reports(reports: list[SimReport]) -> str:
             if r.sender_left:
                 lines.append(f"deliveries whose sender left first ({name}): {r.sender_left}")
         lines.append(f"drops ({name}): {_fmt_drops(r.drops)}")
+    return "\n".join(lines)
+
+
+def _head(params: dict[str, Any], messages: int, seeds: str) -> str:
+    """The line above a table: what the runs were."""
+    return (
+        f"{params['nodes']} peers, {messages} messages, churn {params['churn']:.0%}, "
+        f"loss {params['loss']:.1%}, {seeds}, sent by {params['sending']}"
+    )
+
+
+def _table(head: str, rows: list[tuple[str, list[str]]]) -> list[str]:
+    """``head``, then ``rows`` (a label and a value per column) aligned in columns."""
+    width = max(len(label) for label, _ in rows) + 2
+    cols = [max(len(row[1][i]) for row in rows) + 2 for i in range(len(rows[0][1]))]
+    lines = [head]
+    for label, values in rows:
+        lines.append(
+            label.ljust(width) + "".join(v.rjust(c) for v, c in zip(values, cols, strict=True))
+        )
+    return lines
+
+
+def format_sweep(reports: list[SimReport]) -> str:
+    """The table of a sweep: one column per strategy, each figure of its runs as mean
+    ±standard deviation (least-most) over the seeds; then the drops and failed deliveries of
+    all its runs together."""
+    groups = _by_strategy(reports)
+    first = reports[0].params
+    seeds = sorted({r.params["seed"] for r in reports})
+    head = _head(first, first["messages"], f"seeds {seeds[0]}-{seeds[-1]}")
+    if first["swallowers"]:
+        head += f", {first['swallowers']:.0%} of peers swallow what they relay"
+    summaries = {name: sweep.summarize(group) for name, group in groups.items()}
+    rows: list[tuple[str, list[str]]] = [
+        ("strategy", list(groups)),
+        *(
+            (f.label, [summaries[name][f.key].text(f) for name in groups])
+            for f in sweep.figures(reports)
+        ),
+        ("settled (quiet)", [f"{sum(r.settled for r in g)}/{len(g)}" for g in groups.values()]),
+    ]
+    lines = _table(head, rows)
+    for name, group in groups.items():
+        both = f"{name}, {len(group)} seeds"
+        if first["sending"] == "deliver":
+            failed: Counter[str] = Counter()
+            for r in group:
+                failed.update(r.receipt_failures)
+            lines.append(f"failed deliveries ({both}): {_fmt_drops(dict(failed), '; ')}")
+        drops: Counter[str] = Counter()
+        for r in group:
+            drops.update(r.drops)
+        lines.append(f"drops ({both}): {_fmt_drops(dict(drops))}")
     return "\n".join(lines)
 
 

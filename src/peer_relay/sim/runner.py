@@ -22,6 +22,9 @@ delivered message, the session's key exchange, handshake and receipts included
 Given the same parameters, the same run happens: identities, workload and network draw from
 separate random streams derived from ``seed``, so two strategies with one seed see the same peers
 join in the same order and the same messages sent between the same pairs (when nothing churns).
+
+Before anything runs, :func:`check_params` refuses impossible parameters; during the join, a run
+that would not fit in memory stops early (:class:`SimulationTooLarge`, see ``memory_limit``).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import orjson
 
 from ..core import Config
 from ..events import Delivered, DeliveryResult
+from ..status import rss_bytes
 from .network import SimNetwork, SimNode, lognormal_latency, uniform_delay
 
 _Number = TypeVar("_Number", int, float)
@@ -140,6 +144,11 @@ class SimParams:
     """Extra :class:`Config` settings, on top of the strategy's."""
     timeline: bool = True
     """Keep per-second delivery and the hop histogram (for plots)."""
+    memory_limit: int | None = None
+    """Bytes this run's process may hold (resident), or None: what it holds plus the memory the
+    machine has available (``MemAvailable``), within its cgroup's ``memory.max`` if set. The
+    join measures what each peer costs and stops a run projected beyond it
+    (:class:`SimulationTooLarge`); a sweep gives each of its runs at once a share."""
 
 
 @dataclass
@@ -215,6 +224,156 @@ class SimReport:
         out = asdict(self)
         out["hop_histogram"] = {str(k): v for k, v in self.hop_histogram.items()}
         return out
+
+
+class SimulationTooLarge(ValueError):
+    """A run would need more memory than it may use: stopped during its join, before it swaps.
+    Its message (one line) says the projected size, the measured cost per peer and what to do."""
+
+
+MEMORY_CHECK_FROM = 1024
+"""Peers joined (or half of them, if fewer) when the join first projects the run's memory."""
+MEMORY_CHECK_EVERY = 512
+"""Peers joined between later projections."""
+
+
+def check_params(p: SimParams) -> None:
+    """Refuse parameters no run can have: raise :class:`ValueError` with a one-line message
+    that names the parameter, the value and what it must be."""
+    problems = [
+        (p.nodes >= 2, f"nodes must be at least 2 (got {p.nodes})"),
+        (p.messages >= 0, f"messages must be 0 or more (got {p.messages})"),
+        (
+            p.strategy in STRATEGIES,
+            f"unknown strategy {p.strategy!r}; choose from {', '.join(STRATEGIES)}",
+        ),
+        (
+            p.sending in SENDING,
+            f"unknown sending {p.sending!r}; choose from {', '.join(SENDING)}",
+        ),
+        (p.links is None or p.links >= 1, f"links must be at least 1 (got {p.links})"),
+        (
+            p.links is None or p.links < p.nodes,
+            f"links ({p.links}) must be below nodes ({p.nodes}): a peer can link to at most "
+            f"the {p.nodes - 1} others",
+        ),
+        (0 <= p.churn <= 1, f"churn must be in [0, 1] (got {p.churn})"),
+        (0 <= p.crash_share <= 1, f"crash_share must be in [0, 1] (got {p.crash_share})"),
+        (0 <= p.loss < 1, f"loss must be in [0, 1) (got {p.loss})"),
+        (0 <= p.swallowers <= 1, f"swallowers must be in [0, 1] (got {p.swallowers})"),
+        (
+            0 < p.message_rate < math.inf,
+            f"message_rate (--rate) must be a finite number above 0 (got {p.message_rate})",
+        ),
+        (
+            0 < p.join_growth < math.inf,
+            f"join_growth must be a finite number above 0 (got {p.join_growth})",
+        ),
+        (
+            0 < p.join_rate <= p.join_max_rate,
+            f"join_rate ({p.join_rate}) must be above 0 and at most join_max_rate "
+            f"({p.join_max_rate})",
+        ),
+        (
+            0 < p.deliver_timeout < math.inf,
+            f"deliver_timeout must be a finite number above 0 (got {p.deliver_timeout})",
+        ),
+        (
+            0 < p.settle_window < math.inf,
+            f"settle_window must be a finite number above 0 (got {p.settle_window})",
+        ),
+        (
+            p.memory_limit is None or p.memory_limit > 0,
+            f"memory_limit must be above 0 bytes (got {p.memory_limit})",
+        ),
+    ]
+    for fine, problem in problems:
+        if not fine:  # comparisons with NaN are false: NaN is refused too
+            raise ValueError(problem)
+
+
+def format_bytes(size: float) -> str:
+    """``size`` bytes the way people read them: ``512 B``, ``51.2 KiB``, ``3.4 GiB``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(size) < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def memory_available() -> int | None:
+    """Bytes this process may hold: what it holds now plus what the machine has available
+    (``MemAvailable``), within the room its cgroups' ``memory.max`` leave; None where
+    ``/proc`` does not say."""
+    rss = rss_bytes()
+    free = _meminfo("MemAvailable")
+    if rss is None or free is None:
+        return None
+    room = _cgroup_room()
+    return rss + (free if room is None else min(free, room))
+
+
+def _meminfo(field: str) -> int | None:
+    """A field of ``/proc/meminfo``, in bytes."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                name, _, value = line.partition(":")
+                if name == field:
+                    return int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_room() -> int | None:
+    """The least room left under a ``memory.max`` of this process's cgroup and those above it
+    (cgroup v2), or None if none is set."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            path = next(line[3:].strip() for line in f if line.startswith("0::"))
+    except (OSError, StopIteration):
+        return None
+    rooms: list[int] = []
+    parts = [part for part in path.split("/") if part]
+    for depth in range(len(parts), -1, -1):
+        where = "/".join(["/sys/fs/cgroup", *parts[:depth]])
+        try:
+            with open(f"{where}/memory.max") as f:
+                limit = f.read().strip()
+            with open(f"{where}/memory.current") as f:
+                current = int(f.read())
+        except (OSError, ValueError):
+            continue
+        if limit != "max":
+            rooms.append(max(0, int(limit) - current))
+    return min(rooms) if rooms else None
+
+
+def memory_verdict(p: SimParams, before: int, now: int, peers: int, joined: int) -> str | None:
+    """Why a run of ``p`` would not fit in memory, if it would not; None if it fits (or
+    nothing says how much there is).
+
+    This process held ``before`` bytes ``joined`` peers ago and holds ``now`` with ``peers``
+    peers: the growth per peer since, times the peers still to come (the churn's replacements
+    included), is projected against ``p.memory_limit`` or :func:`memory_available`. Later peers
+    cost a little more (their tables fill), and so do the messages: a low estimate.
+    """
+    limit = p.memory_limit if p.memory_limit is not None else memory_available()
+    if limit is None or joined < 1:
+        return None
+    total = p.nodes + round(p.churn * p.nodes)
+    per_peer = max(0, now - before) / joined
+    projected = now + per_peer * max(0, total - peers)
+    if projected <= limit:
+        return None
+    room = "this run may use (memory_limit)" if p.memory_limit is not None else "available"
+    which = f"first {peers:,}" if joined == peers else f"last {joined:,} of {peers:,}"
+    return (
+        f"a run of {total:,} peers would need about {format_bytes(projected)} "
+        f"({format_bytes(per_peer)} a peer, measured as the {which} peers joined), more than "
+        f"the {format_bytes(limit)} {room}; run fewer peers, or free memory"
+    )
 
 
 class _QuietWatch:
@@ -362,10 +521,7 @@ def _run(params: SimParams, progress: Progress | None) -> SimReport:
 
 def _phases(params: SimParams, progress: Progress | None) -> _Run:
     """Check ``params`` and drive a run through its phases; the run, to measure."""
-    if params.nodes < 2:
-        raise ValueError("a simulation needs at least 2 nodes")
-    if params.sending not in SENDING:
-        raise ValueError(f"unknown sending {params.sending!r}; choose from {', '.join(SENDING)}")
+    check_params(params)
     run = _Run(params, progress)
     run.join()
     run.settle()
@@ -412,6 +568,8 @@ class _Run:
         self.departed = 0
         self.settled = False
         self.settle_time = 0.0
+        self.memory_mark: tuple[int | None, int] = (None, 0)
+        """This process's resident bytes when the join last measured it, and the peers then."""
 
     def _on_deliver(self, node: SimNode, event: Delivered) -> None:
         """Note the first arrival (hops, latency) and every copy of a user message."""
@@ -467,6 +625,8 @@ class _Run:
     def join(self) -> None:
         """Phase 1: peers arrive one by one, each bootstrapping to a random peer already there."""
         p, net, load, alive = self.p, self.net, self.load, self.alive
+        self.memory_mark = (rss_bytes(), 0)
+        first = min(MEMORY_CHECK_FROM, p.nodes // 2)
         self._add(None)
         for i in range(1, p.nodes):
             rate = min(p.join_max_rate, max(p.join_rate, p.join_growth * len(alive)))
@@ -474,8 +634,21 @@ class _Run:
             self._add(alive.choice(load))
             if i % 64 == 0:
                 self._report("join", i + 1, p.nodes)
+            if i >= first and (i - first) % MEMORY_CHECK_EVERY == 0:
+                self._check_memory()
         self._report("join", p.nodes, p.nodes)
         self._mark("join")
+
+    def _check_memory(self) -> None:
+        """Stop the run if it would not fit in memory (see :func:`memory_verdict`)."""
+        before, then = self.memory_mark
+        now, peers = rss_bytes(), len(self.net.nodes)
+        if before is None or now is None:
+            return
+        verdict = memory_verdict(self.p, before, now, peers, peers - then)
+        if verdict is not None:
+            raise SimulationTooLarge(verdict)
+        self.memory_mark = (now, peers)
 
     def settle(self) -> None:
         """Phase 2: only maintenance, until quiet or ``settle_max`` (the watch keeps ticking)."""

@@ -744,6 +744,7 @@ async def test_a_silent_relay_is_found_out_and_routed_around() -> None:
             confirm_timeout=1.0,
             tick_interval=0.1,
             route_ttl=0.0,  # no route hints: a's next hop is its link nearest c
+            share_links=False,  # nor b's list of links, which names c
         )
         await eventually(lambda: b.id in a.peers, "a linked to b")
         # The hole's id is nearer to c than b is: a's best next hop toward c.

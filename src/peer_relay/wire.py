@@ -28,7 +28,7 @@ try:
     from . import _envelope
 except ImportError:  # pragma: no cover - depends on the platform (Pyodide)
     msgspec = None  # type: ignore[assignment]
-from .ids import ID_HEX, buffer_json, hex_from_wire, id_from_wire
+from .ids import ID_BYTES, ID_HEX, buffer_json, hex_from_wire, id_from_wire
 
 MAX_HOPS: Final = 20
 """0.0.2 drops a message whose path already holds 20 ids; so do we."""
@@ -810,9 +810,13 @@ def link_proof_bytes(
     return LINK_CONTEXT + role + verifier_nonce + prover_nonce + verifier + prover
 
 
-def proof_frame(signature: bytes) -> bytes:
-    """The second frame on a link between two of our peers."""
-    return _json.dumps({"pr": {"proof": b64encode(signature)}})
+def proof_frame(signature: bytes, links: bytes | None = None) -> bytes:
+    """The second frame on a link between two of our peers, with the list of our links (see
+    :func:`links_frame`) if given."""
+    pr = {"proof": b64encode(signature)}
+    if links is not None:
+        pr["links"] = b64encode(links)
+    return _json.dumps({"pr": pr})
 
 
 def link_control_frame(kind: str, number: int) -> bytes:
@@ -828,6 +832,27 @@ def parse_link_control(obj: dict[str, Any]) -> tuple[str, int]:
         if kind in ("ping", "pong") and type(number) is int and 0 <= number <= MAX_SAFE_INTEGER:
             return kind, number
     raise WireError("bad-link-control", "expected a ping or a pong")
+
+
+def links_frame(ids: bytes) -> bytes:
+    """The list of our links (``ids``: their 20-byte ids, one after the other) for a link
+    between two of our peers: routing there looks two hops ahead (see ``core/neighbours.py``)."""
+    return _json.dumps({"pr": {"links": b64encode(ids)}})
+
+
+def parse_links(text: Any, most: int) -> tuple[bytes, bool]:
+    """Decode the list of a links frame (or of a proof) to the ids it lists, 20 bytes each, at
+    most ``most`` of them, and whether it listed more (then cut); raise WireError."""
+    if type(text) is str:
+        bound = most * ID_BYTES
+        # Reading past the bound is not needed to know that the frame lists too many.
+        cut = len(text) * 3 // 4 > bound
+        if cut:
+            text = text[: (bound * 4 + 2) // 3]
+        raw = b64decode(text, len(text) * 3 // 4)
+        if raw is not None and (cut or len(raw) % ID_BYTES == 0):
+            return raw[:bound], cut
+    raise WireError("bad-link-control", "expected a list of links")
 
 
 def parse_proof(obj: Any) -> bytes:

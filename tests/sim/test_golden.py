@@ -36,6 +36,13 @@ History of the run digests (the event traces kept theirs, until sessions):
 - issue 16 (confirmation cost a ping and a pong per message and hop): pings are coalesced, one
   ``confirm_delay`` (0.05 s) after the first message it covers, or at once when half of
   ``max_unconfirmed`` waits. With ``confirm_delay=0`` every digest here is the one of before.
+- issue 18 (routes two hops ahead): our peers tell each other the ids of their links
+  (``core/neighbours.py``: a ``links`` frame, and the key proof carries one) and a next hop is
+  the linked peer that is, or is linked to, the peer closest to the target; a message is dropped
+  after ``max_detours`` hops in a row that bring it no closer; a ``spread`` peer keeps the asker
+  of a findPeers as a candidate when it is nearer than one of its nearest links. The report's
+  ``bounds`` gained ``listed``: that alone changed the ``original`` strategy's run (without that
+  read-out its digest is the one of before).
 
 History of the event traces:
 - sessions: ``send()`` goes through a session (``Config.sessions``) now that the simulated cores
@@ -45,6 +52,7 @@ History of the event traces:
   every event, as before).
 - issue 15: the refreshes and the simulator's closes above.
 - issue 16: the coalesced pings above.
+- issue 18: the lists of links and the routes two hops ahead above.
 
 History of the partition trace:
 - the bootstrap redials run on one clock (``cut-off``, ``rejoin``, ``island``; see
@@ -54,6 +62,7 @@ History of the partition trace:
   instead of at the next refresh.
 - issue 15: the refreshes, lookups and closes above (see the run digests).
 - issue 16: the coalesced pings (see the run digests).
+- issue 18: the lists of links and the routes two hops ahead (see the run digests).
 
 Digests are independent of the machine, of ``PYTHONHASHSEED`` and of compiled or pure Python
 (``test_simulator.py`` and ``test_compiled.py`` check that).
@@ -75,19 +84,19 @@ from peer_relay.sim.runner import SimParams, run_simulation
 RUNS: dict[str, tuple[SimParams, str]] = {
     "static": (
         SimParams(nodes=150, messages=300, seed=21),
-        "fd573aa6b0645d595ec844a4ca54c66e51b5dfc089008a19c3f08a80c2b68f91",
+        "07beaa09be590d45fa7a0b99285a7f3077f496c7eb4eb17cacc66aee556e79a2",
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "0d176fd50164f57fd8cbdeb33be7045e76de8b4fbc6e137df3472615b6c63524",
+        "7759f6ff569001981a7af15405e005f865f7990b57e508636df56b8eb19276b1",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),
-        "bf1f32307d5dd8da3685b78f8d8fd7d14206a78bc53ff9ee73cfafd9f8aa7c36",
+        "6924597f65fbb8a55798cd3853cf51d4ef8af1adb366e9ab60fd8b4047b3e965",
     ),
     "real-crypto": (
         SimParams(nodes=30, messages=40, seed=24, real_crypto=True),
-        "6f710661a508718bcc8ffcda5f3b88a8355ae65c2b4e19d2b66fe340769ccc51",
+        "6f37e546ccc2b5403c23d38d6e6ec1ddb4e985ce8f23beac3e3b7288d5196706",
     ),
 }
 
@@ -167,8 +176,8 @@ def _partition_trace() -> str:
 
 
 TRACES = {
-    False: "77031d260e12e0e8ee476d6a34116236fc2d1ac8d26d1d2783e75e020e11dbb8",
-    True: "d9ef8a88245932054ce62731dd5f5b903dadac3a43e89d2b3aff1ab5c0258bff",
+    False: "34175155f0d17ade0a3a84001f51906137621bf109666c017716786381e66af5",
+    True: "ae0fb4f320ee2603b30281bb399247dc94e2c351dd31a193bb914a78ce7ed087",
 }
 
 
@@ -177,7 +186,7 @@ def test_event_trace_is_pinned(real_crypto: bool) -> None:
     assert _trace(real_crypto) == TRACES[real_crypto]
 
 
-PARTITION_TRACE = "e400742f5acda885683596f12127fbc5b041504a83bfe303edfa664f6027412d"
+PARTITION_TRACE = "60d6f65e9bc09a2075f2f139cb7e973cf0a1e913ae582f3a15bb7d50ac7d30ed"
 
 
 def test_partition_and_redial_trace_is_pinned() -> None:

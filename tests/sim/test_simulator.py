@@ -57,6 +57,42 @@ def test_static_network_hops_are_short(static_300: SimReport) -> None:
     assert r.message_origins["open"] <= r.sent
 
 
+def test_our_peers_lists_of_links_shorten_routes(static_300: SimReport) -> None:
+    # The same network routing on its own links alone: 2.91 hops against 2.46 (seed 7).
+    alone = run_simulation(
+        SimParams(nodes=300, messages=600, seed=7, config={"share_links": False})
+    )
+    assert alone.delivery_ratio == static_300.delivery_ratio == 1.0
+    assert static_300.hops_mean <= 0.9 * alone.hops_mean, (static_300.hops_mean, alone.hops_mean)
+    assert static_300.hops_p99 <= alone.hops_p99
+
+
+def test_messages_for_an_id_nobody_has_stop_after_a_few_detours() -> None:
+    """Such messages used to wander until ``max_hops`` (20 frames each); a message that stops
+    coming closer to its target is dropped after ``max_detours`` hops."""
+    frames: list[float] = []
+    wandered: list[int] = []
+    for detours in (3, 20):
+        cfg = Config(sessions=False, max_detours=detours)
+        net = SimNetwork(seed=5, keep_inbox=False)
+        rng = random.Random(5)
+        nodes = [net.add_node(cfg)]
+        for _ in range(99):
+            net.run(0.1)
+            nodes.append(net.add_node(cfg, bootstrap=[rng.choice(nodes)]))
+        net.run(60)
+        net.count_user = True
+        for _ in range(50):
+            net.send(rng.choice(nodes), rng.randbytes(20), {"to": "nobody"})
+            net.run(0.01)
+        net.run(10)
+        frames.append(net.user_frames / 50)
+        wandered.append(sum(n.core.stats.dropped["too-many-hops"] for n in nodes))
+    bounded, unbounded = frames
+    assert unbounded == 20.0 and wandered == [0, 50]
+    assert bounded <= math.log2(100) + 3, bounded
+
+
 def test_static_network_respects_link_and_state_bounds(static_300: SimReport) -> None:
     r = static_300
     assert r.links_max <= 20

@@ -1,5 +1,5 @@
-"""The node's state machine, in parts: links, confirmation, routing, inbox, connect, discovery,
-bootstrap, population, wired by :class:`Core` (see ``docs/architecture.md``).
+"""The node's state machine, in parts: links, neighbours' links, confirmation, routing, inbox,
+connect, discovery, bootstrap, population, wired by :class:`Core` (see ``docs/architecture.md``).
 
 Sans-I/O: the core never touches a socket, starts a task, reads a clock or draws its own random
 numbers. It is fed events (a link opened, a frame arrived, the application sends, time is now T)
@@ -26,6 +26,7 @@ PARTS = (
     "budgets",
     "link",
     "links",
+    "neighbours",
     "confirm",
     "routing",
     "inbox",

@@ -58,6 +58,20 @@ class Config:
     """How many next hops each message is forwarded to."""
     detour: bool = True
     """Forward even when no link is closer to the target than we are (else drop: no route)."""
+    max_detours: int = 3
+    """Hops in a row a message may take without coming closer to its target (by id) before it
+    is dropped (``no-route``): enough to go round a gap in a table, not to wander the network
+    looking for a peer that has left."""
+    share_links: bool = True
+    """Tell our peers which peers we are linked to, and route with what they tell us: a hop
+    goes to the peer whose own link is closest to the target (see ``core/neighbours.py``)."""
+    max_listed: int = 32
+    """Most link ids a peer's list may hold (we list at most this many of ours); the rest of a
+    longer list is cut off (``links-cut``)."""
+    share_interval: float = 10.0
+    """Least seconds between two lists of our links sent to the same peer. Our peers learn of
+    a change of our links a second later, or this long after the list before (a new link gets
+    our list in its proof, and the next a second after a change)."""
     require_auth: bool = True
     """Refuse peers that cannot prove their id and messages that are not signed."""
     sign: bool = True

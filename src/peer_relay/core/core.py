@@ -31,6 +31,7 @@ from .discovery import Discovery
 from .inbox import Inbox, Received
 from .link import DIALING, HELLO, OPEN, Link
 from .links import Links
+from .neighbours import Neighbours
 from .population import for_strategy
 from .routing import Router
 from .sessions import KEY as SESSION_KEY
@@ -71,7 +72,10 @@ class Core:
             opened=self._opened,
             gone=self._gone,
         )
-        self._router = router = Router(ctx, links, Confirmation(ctx))
+        self._neighbours = neighbours = Neighbours(ctx, links)
+        self._router = router = Router(ctx, links, Confirmation(ctx), neighbours)
+        links.listing = neighbours.listing
+        links.listed = neighbours.received
         strategy = for_strategy(cfg)
         self._discovery = discovery = Discovery(
             ctx,
@@ -180,6 +184,7 @@ class Core:
             jitter = 0.75 + 0.5 * ctx.rng.random()
             self._next_refresh = now + self._population.interval * jitter
             self._population.refresh(now)
+        self._neighbours.tick(now)
         busy = bool(self._connector.attempts) or links.busy()
         after = now + cfg.tick_interval if busy else self._next_refresh
         # Remembered message ids are forgotten within an eighth of their lifetime of expiring.
@@ -202,6 +207,7 @@ class Core:
         out["requests_in"] = (sizes["requests_in"], cfg.max_requests)
         out["delivered_ids"] = (sizes["delivered_ids"], cfg.max_seen)
         out["direct"] = (len(self._direct.tallies), max(1, cfg.max_sessions))
+        out["listed"] = (self._neighbours.largest(), cfg.max_listed)
         return out
 
     def inspect(self) -> dict[str, Any]:
@@ -225,6 +231,14 @@ class Core:
     def peers(self) -> list[bytes]:
         """Ids of the open direct links."""
         return [link.peer_id for link in self._links.open]
+
+    def route(self, to: object) -> bytes | None:
+        """The linked peer a message for ``to`` would go to first now, by our links and what
+        our peers list of theirs (a route hint learnt from ``to``'s own messages may take it
+        another way); None if it would be dropped (no route)."""
+        target = parse_id(to)
+        hops = self._router.next_hops(target.hex(), (self.hex,))
+        return hops[0].peer_id if hops else None
 
     def waiting(self) -> int:
         """Messages of ours waiting for a first link or for a session to open."""
@@ -447,7 +461,11 @@ class Core:
                 return
             obj = wire.loads_members(frame, ctx.config.max_frame)
             if "pr" in obj and "to" not in obj:
-                self._router.confirmation.control(link, obj, now)
+                pr = obj["pr"]
+                if type(pr) is dict and len(pr) == 1 and "links" in pr and len(obj) == 1:
+                    self._neighbours.received(link, pr["links"], now)
+                else:
+                    self._router.confirmation.control(link, obj, now)
                 return
             env = wire.parse_envelope(obj, ctx.config.max_hops)
         except WireError as exc:
@@ -607,6 +625,7 @@ class Core:
 
     def _opened(self, link: Link, now: float) -> None:
         self._discovery.candidates.add(link.peer_id, now, replace_oldest=True)
+        self._neighbours.opened(link, now)
         if link.remote_key is not None and link.authenticated:
             self._sessions.learn_key(link.peer_hex, link.remote_key)
         self._connector.linked(link.peer_id)
@@ -617,6 +636,8 @@ class Core:
         self._router.flush_queue(now)
 
     def _gone(self, link: Link, reason: str, was_open: bool, now: float) -> None:
+        if was_open:
+            self._neighbours.gone(link, now)
         self._budgets.link_gone(link.handle)
         self._connector.link_gone(link, reason, was_open, now)
         self._bootstrap.link_gone(link, was_open, now)

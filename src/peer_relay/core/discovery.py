@@ -77,6 +77,11 @@ class Discovery:
             return
         if not self.budgets.spend(msg.sender.hex(), msg.via, now):
             return
+        if self.lookups and msg.verified and target_hex == sender.hex() and self._neighbour(sender):
+            # A peer looking for its own neighbourhood is there: a newcomer among our nearest
+            # is known to us at once (as in Kademlia, where every request adds its sender to
+            # the table). Only then: ids anyone can make up do not fill our table.
+            self.candidates.add(sender, now, replace_oldest=True)
         k = ctx.config.k
         t = int(target_hex, 16)
         if not self.lists_candidates:
@@ -89,6 +94,21 @@ class Discovery:
             ids = sorted(known, key=lambda i: int.from_bytes(i, "big") ^ t)[:k]
             nearest = [i.hex() for i in ids]
         self.router.originate(sender.hex(), wire.FOUND_PEERS, nearest, now)
+
+    def _neighbour(self, peer_id: bytes) -> bool:
+        """Whether ``peer_id``, not linked to us, is nearer us than one of our ``near_count``
+        nearest links (or we have fewer)."""
+        links = self.links
+        if peer_id in links.table:
+            return False
+        me = self.ctx.int
+        count = self.ctx.config.near_count
+        if count <= 0:
+            return False
+        if len(links.open) < count:
+            return True
+        near = heapq.nsmallest(count, (link.peer_int ^ me for link in links.open))
+        return int.from_bytes(peer_id, "big") ^ me < near[-1]
 
     def on_found_peers(self, payload: Any, introducer: str, now: float) -> bool:
         """Keep the ids of an answer as candidates (``introducer``, its sender, named them);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from array import array
 from enum import IntEnum
 from typing import Final
 
@@ -39,6 +40,8 @@ class Link:
         "handle",
         "held",
         "inbound_pending",
+        "listed",
+        "listed_at",
         "my_nonce",
         "opened_at",
         "outbound",
@@ -53,6 +56,10 @@ class Link:
         "remote_key",
         "remote_nonce",
         "rtc_described",
+        "shared_at",
+        "shared_version",
+        "shares",
+        "slot",
         "source",
         "state",
         "strikes",
@@ -93,3 +100,11 @@ class Link:
         self.ping_due = float("inf")
         self.ping_at = float("inf")
         self.ping_graced = False  # ping_due was pushed back once because our host stalled
+        # The remote's own links (see neighbours.py): the top 48 bits of each id and the slot,
+        # and when its list came; the version of our list it last got from us, and when.
+        self.slot = -1  # its number in the routing keys of neighbours.py while open
+        self.listed: array[int] | None = None
+        self.listed_at = float("-inf")
+        self.shared_version = -1
+        self.shared_at = float("-inf")
+        self.shares = 0

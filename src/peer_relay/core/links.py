@@ -50,6 +50,10 @@ class Links:
         self.refused = refused
         self.opened = opened
         self.gone = gone
+        self.listing: Callable[[], bytes | None] = lambda: None
+        """The list of our links that our proof carries (None: none; see ``neighbours.py``)."""
+        self.listed: Callable[[Link, Any, float], None] = lambda link, listed, now: None
+        """Takes the list of the remote's links that its proof carried."""
         self.by_handle: dict[int, Link] = {}
         self.open: list[Link] = []
         self.table: KBucketTable[Link] = KBucketTable(ctx.id, ctx.config.k)
@@ -198,7 +202,11 @@ class Links:
             proof = wire.link_proof_bytes(
                 hello.nonce, link.my_nonce, hello.peer_id, ctx.id, prover_dialled=link.outbound
             )
-            ctx.send(link.handle, wire.proof_frame(ctx.identity.sign(proof)))
+            listing = self.listing()
+            if listing is not None:
+                link.shared_at = now
+                link.shares = 1
+            ctx.send(link.handle, wire.proof_frame(ctx.identity.sign(proof), listing))
             link.state = PROOF
         if refusal is not None:
             ctx.drop(refusal, hello.peer_id.hex())
@@ -213,6 +221,9 @@ class Links:
         )
         if self.verify(link.remote_key, signature, signed):
             self.establish(link, link.peer_id, True, now)
+            listed = obj["pr"].get("links")
+            if listed is not None and link.state == OPEN:
+                self.listed(link, listed, now)
         else:
             ctx.drop("bad-proof", link.peer_id.hex())
             self.close(link, "bad-proof", now)

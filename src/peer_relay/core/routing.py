@@ -20,6 +20,7 @@ from .confirm import Confirmation
 from .context import Context
 from .link import Link
 from .links import Links
+from .neighbours import Neighbours
 
 
 def _route_expiry(entry: tuple[float, list[str]]) -> float:
@@ -29,11 +30,14 @@ def _route_expiry(entry: tuple[float, list[str]]) -> float:
 class Router:
     """Sends what the node originates, forwards what it relays, remembers reverse paths."""
 
-    def __init__(self, ctx: Context, links: Links, confirmation: Confirmation) -> None:
+    def __init__(
+        self, ctx: Context, links: Links, confirmation: Confirmation, neighbours: Neighbours
+    ) -> None:
         cfg = ctx.config
         self.ctx = ctx
         self.links = links
         self.confirmation = confirmation
+        self.neighbours = neighbours
         self.routes: BoundedMap[str, tuple[float, list[str]]] = BoundedMap(
             cfg.max_routes, _route_expiry
         )
@@ -225,6 +229,21 @@ class Router:
                 d = link.peer_int ^ target
                 if (best is None or d < best_d) and link.peer_hex not in path:
                     best, best_d = link, d
+            if best_d == 0:
+                return [best] if best is not None else []
+            neighbours = self.neighbours
+            if neighbours.enabled:
+                # A peer linked to one closer than any of ours, and than we are (else it is a
+                # detour, and one of our own links takes it, as far as detours go).
+                own_d = self.ctx.int ^ target
+                within = own_d if best is None or best_d > own_d else best_d
+                via = neighbours.via(target, within, path)
+                if via is not None and (
+                    # A peer no closer than we are, for what a list says: lists can be stale,
+                    # and such hops count as detours.
+                    via.peer_int ^ target < own_d or self.detours(target, path) < cfg.max_detours
+                ):
+                    return [via]
             ranked = [] if best is None else [best]
         else:
             ranked = sorted(
@@ -236,9 +255,31 @@ class Router:
             return ranked
         if best_d == 0:
             return ranked[:1]
-        if best_d >= self.ctx.int ^ target and not cfg.detour:
+        if best_d >= self.ctx.int ^ target and (
+            not cfg.detour or self.detours(target, path) >= cfg.max_detours
+        ):
             return []
         return ranked
+
+    def detours(self, target: int, path: list[str] | tuple[str, ...]) -> int:
+        """How many hops in a row, up to and including us, the message has taken without coming
+        closer to ``target`` than its path had come before (0: we are the closest yet)."""
+        best = 1 << 160
+        stale = 0
+        own = self.ctx.hex
+        # Ours (a message we send, or send again): the path up to us; what follows us in it
+        # are first hops to avoid, not hops taken.
+        walked = path[: path.index(own) + 1] if own in path else (*path, own)
+        for hop in walked:
+            try:
+                d = int(hop, 16) ^ target
+            except ValueError:
+                d = best
+            if d < best:
+                best, stale = d, 0
+            else:
+                stale += 1
+        return stale
 
     def _follow_hint(self, route: list[Any], path: list[str] | tuple[str, ...]) -> Link | None:
         """The linked hop farthest along a route hint after us, if any (else: greedy).

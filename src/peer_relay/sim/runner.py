@@ -46,6 +46,7 @@ import orjson
 from ..core import Config
 from ..events import Delivered, DeliveryResult
 from ..status import rss_bytes
+from ..wire import MAX_HOPS
 from .network import SimNetwork, SimNode, lognormal_latency, uniform_delay
 
 _Number = TypeVar("_Number", int, float)
@@ -81,6 +82,8 @@ def strategy_config(name: str, links: int | None = None, **overrides: Any) -> Co
         base = {
             "strategy": "original",
             "redundancy": 2,
+            "share_links": False,
+            "max_detours": MAX_HOPS,
             "max_links": links or ORIGINAL_MAX_LINKS,
         }
     else:

@@ -8,11 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from peer_relay import PeerRelay
+from peer_relay._filelock import file_lock
 from peer_relay.sim import compiled
 from peer_relay.sim.runner import SimParams, run_simulation
 
@@ -26,6 +28,7 @@ RUN = "run_simulation(SimParams(nodes=60, messages=80, seed=4, churn=0.1))"
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
 @pytest.mark.timeout(BUILD_TIMEOUT)
+@pytest.mark.compiled
 def test_the_compiled_core_runs_the_very_same_simulation() -> None:
     target = compiled.build()  # cached per version of the sources; scripts/test installs gcc
     code = (
@@ -51,6 +54,7 @@ def test_the_compiled_core_runs_the_very_same_simulation() -> None:
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
 @pytest.mark.timeout(BUILD_TIMEOUT)
+@pytest.mark.compiled
 def test_simulate_compiled_on_the_command_line() -> None:
     def digest(*extra: str) -> tuple[str, str]:
         argv = ["simulate", "--nodes", "40", "--messages", "30", "--json", *extra]
@@ -72,6 +76,7 @@ def test_simulate_compiled_on_the_command_line() -> None:
     shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler"
 )
 @pytest.mark.timeout(BUILD_TIMEOUT)
+@pytest.mark.compiled
 async def test_a_live_peer_runs_compiled_with_compiled_on_the_command_line() -> None:
     """``peer-relay listen --compiled`` runs the compiled core and takes part as any peer:
     messages from an uncompiled peer reach it through an uncompiled relay."""
@@ -119,3 +124,30 @@ def test_old_builds_are_pruned_from_the_cache(tmp_path: Path) -> None:
     left = sorted(p.name for p in tmp_path.iterdir())
     assert left == ["build0", "build1", "build5", "half-built"]
     assert compiled.KEEP == 3
+
+
+def test_builds_sharing_a_cache_wait_for_each_other(tmp_path: Path) -> None:
+    """The lock ``build()`` holds: a second process waits until the first is done, then finds
+    its build (a test run warms the build up in the background while tests that need it start)."""
+    lock, log = tmp_path / "build.lock", tmp_path / "log"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from pathlib import Path\n"
+            "from peer_relay._filelock import file_lock\n"
+            "with file_lock(Path(sys.argv[1])):\n"
+            "    open(sys.argv[2], 'a').write('first in\\n')\n"
+            "    time.sleep(1.0)\n"
+            "    open(sys.argv[2], 'a').write('first out\\n')\n",
+            str(lock),
+            str(log),
+        ]
+    )
+    while not log.exists():
+        time.sleep(0.01)
+    with file_lock(lock):
+        log.open("a").write("second in\n")
+    holder.wait()
+    assert log.read_text().split("\n")[:3] == ["first in", "first out", "second in"]

@@ -50,6 +50,8 @@ import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from .._filelock import file_lock
+
 PYODIDE_VERSION = "314.0.7"
 PYODIDE_FILES = (
     "pyodide.mjs",
@@ -302,9 +304,14 @@ def _digest(paths: list[Path]) -> str:
 
 
 def build(out: Path | None = None, cache: Path | None = None) -> Path:
-    """Build the web folder (default ``<cache>/web``) and return it."""
+    """Build the web folder (default ``<cache>/web``) and return it. Builds that share a cache
+    run one at a time (the later ones find the compressed files made)."""
     cache = cache or cache_dir()
-    out = out or cache / "web"
+    with file_lock(cache / "build.lock"):
+        return _build(out or cache / "web", cache)
+
+
+def _build(out: Path, cache: Path) -> Path:
     store = cache / "web-compressed"
     out.mkdir(parents=True, exist_ok=True)
     source = pyodide_dir(cache)

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 
 import peer_relay
+from peer_relay._filelock import file_lock
 from peer_relay.core import PARTS
 
 MODULES = (
@@ -85,7 +86,15 @@ def build(verbose: bool = False) -> Path:
     target = cache_dir()
     if (target / _DONE).exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    # A process that builds the same sources meanwhile (a test run warming up, another
+    # simulation) is waited for: its build is this one.
+    with file_lock(target.parent / "build.lock"):
+        if not (target / _DONE).exists():
+            _build(target, verbose)
+    return target
+
+
+def _build(target: Path, verbose: bool) -> None:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         work = Path(tmp)
         shutil.copytree(
@@ -109,7 +118,6 @@ def build(verbose: bool = False) -> Path:
         else:
             work.mkdir()  # for TemporaryDirectory's cleanup
     prune(target.parent, keep=target)
-    return target
 
 
 def prune(cache: Path, keep: Path) -> None:

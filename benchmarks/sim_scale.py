@@ -1,33 +1,33 @@
-"""How the simulator and our routing hold up at scale: 10,000 peers (and optionally 100,000).
+"""How the simulator and our routing hold up at scale, side by side with what came before.
 
-Runs, each in its own process so that its peak memory is its own:
+Runs, each in its own process so that its peak memory is its own (the seeds of one comparison
+two at a time, one per core):
 
-- ``spread`` at 1,000 and 10,000 peers, static: delivery, hops, frames, links, settle time,
-  wall time and peak memory (the goal: 10,000 peers and 10,000 messages within 2 minutes and
-  4 GiB);
-- ``spread`` at 10,000 peers with 10% of the peers replaced while messages flow, with the
-  websockets keepalive (20-40 s to notice a silent peer) and a faster one (5-10 s);
-- ``original`` (0.0.2's policy) at 1,000 peers, static and churning, for comparison (and at
-  10,000 with ``--original-10k``);
-- ``spread`` at 1,000 peers churning with hop-by-hop confirmation off, to show what it is worth;
-- ``spread`` at 1,000 peers, static, with a tenth of the peers swallowing the messages they relay
-  while they answer pings (what receipts and sending again over other first hops are for);
-- with ``--huge``, ``spread`` at 100,000 peers (long: it shows that it runs).
+- 300 peers, static, ``--seeds`` seeds (default 5): ``spread`` (ours, at most 20 links) against
+  ``original`` (0.0.2's policy, links unbounded): hops as mean and spread over the seeds;
+- 1,000 peers, static and with 10% of the peers replaced while messages flow: ``spread``, and
+  ``spread`` routing on its own links alone (``share_links`` off, detours unbounded: the routing
+  before our peers told each other their links);
+- 10,000 peers, static and with 10% replaced (``--quick`` leaves them out); with ``--full``
+  also the 10,000-peer static run routing on its own links alone;
+- with ``--huge``, 100,000 peers, static (long; it stops early, and says so, if the run would
+  not fit in memory).
 
-Messages go by ``deliver()`` (receipts; the rows "by receipt" and "receipt p50/p99"), or as
-``--send`` says: ``sealed`` (``send()`` through sessions) or ``plain`` (``send()`` without
-sessions: the figures from before sessions). Frames per delivered message count every frame of a
-message, the sessions' key exchanges, handshakes and receipts included.
+Static runs send 10,000 messages at 1,000/s (2,000 at 300 peers and at 100,000 peers); churn runs
+10,000 at 100/s, so that the 10% are replaced over 100 virtual seconds (half of them crash
+silently and are noticed after a 20-40 s keepalive). Messages go by ``deliver()``. Control
+frames per peer count every frame that is not a message (links, discovery, handshakes, lists).
 
-Usage: ``python benchmarks/sim_scale.py [--quick] [--huge] [--original-10k] [--compiled]
-[--send MODE] [--json FILE]``. ``--compiled`` runs the core compiled by mypyc (see
-``peer_relay.sim.compiled``; the same runs, the same digests, faster).
+Usage: ``python benchmarks/sim_scale.py [--quick] [--full] [--huge] [--seeds K] [--compiled]
+[--json FILE]``. ``--compiled`` runs the core compiled by mypyc (the same runs, faster).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import subprocess
 import sys
 import time
@@ -35,136 +35,149 @@ from dataclasses import replace
 
 from peer_relay.sim import compiled
 from peer_relay.sim.cli import run_isolated
-from peer_relay.sim.runner import SENDING, SimParams, SimReport
+from peer_relay.sim.runner import SimParams, SimReport, SimulationTooLarge
+from peer_relay.sim.sweep import run_local, seeded
+from peer_relay.wire import MAX_HOPS
+
+ALONE = {"share_links": False, "max_detours": MAX_HOPS}
+"""Routing on our own links alone, as before the lists of links (and detours unbounded)."""
 
 ROWS = (
-    "strategy",
+    "run",
     "peers",
     "churn",
-    "keepalive",
-    "confirm",
-    "swallow",
-    "sending",
     "delivery",
     "by receipt",
-    "receipt p50/p99",
     "hops mean/p50/p99/max",
     "frames/deliv",
-    "links/peer",
+    "ctrl frames/peer",
+    "links mean/max",
     "settle",
     "wall",
     "peak RSS",
+    "RSS/peer",
 )
 
 
-def scenarios(
-    quick: bool, huge: bool, original_10k: bool, sending: str = "deliver"
-) -> list[SimParams]:
-    """The runs, smallest first.
-
-    Static runs send 10,000 messages at 1,000/s; churn runs at 100/s, so that 10% of the peers
-    are replaced over 100 virtual seconds (half of them crash silently and are noticed after a
-    20-40 s keepalive, or 5-10 s in the "fast keepalive" run).
-    """
-    static = SimParams(
-        nodes=1000, messages=10_000, message_rate=1000.0, settle_max=30.0, sending=sending
-    )
-    churn = replace(static, message_rate=100.0, churn=0.1)
-    runs = [
-        static,
-        replace(static, strategy="original"),
-        churn,
-        replace(churn, config={"max_unconfirmed": 0}),
-        replace(churn, strategy="original"),
-        replace(static, swallowers=0.1),
-    ]
-    if not quick:
-        runs += [
-            replace(static, nodes=10_000),
-            replace(churn, nodes=10_000),
-            replace(churn, nodes=10_000, keepalive=(5.0, 10.0)),
-        ]
-        if original_10k:
-            runs.append(replace(static, nodes=10_000, strategy="original"))
-    if huge:
-        runs.append(
-            replace(static, nodes=100_000, messages=2000, settle_max=10.0, join_max_rate=200.0)
-        )
-    return runs
+def label(strategy: str, config: dict[str, object]) -> str:
+    """What a run is called in the table."""
+    if strategy == "original":
+        return "original"
+    return "spread, own links only" if config.get("share_links") is False else "spread"
 
 
 def row(r: SimReport) -> list[str]:
     """One line of the table."""
     p = r.params
-    confirm = p["config"].get("confirm_timeout", 3.0)
-    off = p["config"].get("max_unconfirmed") == 0
-    deliver = p["sending"] == "deliver"
     return [
-        p["strategy"],
-        str(p["nodes"]),
+        label(p["strategy"], p["config"]),
+        f"{p['nodes']:,}",
         f"{p['churn']:.0%}",
-        "{:.0f}-{:.0f} s".format(*p["keepalive"]),
-        "off" if off else f"{confirm:g} s",
-        f"{p['swallowers']:.0%}",
-        p["sending"],
         f"{r.delivery_ratio:.2%}",
-        f"{r.receipt_ratio:.2%}" if deliver else "-",
-        f"{r.receipt_p50:.3f}/{r.receipt_p99:.3f} s" if deliver else "-",
+        f"{r.receipt_ratio:.2%}",
         f"{r.hops_mean:.2f}/{r.hops_p50}/{r.hops_p99}/{r.hops_max}",
         f"{r.frames_per_delivered:.2f}",
-        f"{r.links_mean:.1f}",
+        f"{r.control_frames / r.joined:.0f}",
+        f"{r.links_mean:.1f}/{r.links_max}",
         f"{r.settle_time:.0f} s",
         f"{r.wall_time:.0f} s",
         f"{r.max_rss_mib:.0f} MiB",
+        f"{r.max_rss_mib * 1024 / r.joined:.0f} KiB",
     ]
 
 
-def progress(phase: str, done: float, total: float, virtual: float) -> None:
-    """A status line on stderr."""
-    what = f"settling {done:.0f}s" if phase == "settle" else f"{phase} {done:.0f}/{total:.0f}"
-    sys.stderr.write(f"\r  {what} | virtual {virtual:.0f}s".ljust(60))
-    sys.stderr.flush()
+class Table:
+    """Prints rows as they come, columns widened to fit."""
+
+    def __init__(self) -> None:
+        self.widths = [len(name) for name in ROWS]
+        print(self._line(list(ROWS)), flush=True)
+
+    def _line(self, cells: list[str]) -> str:
+        self.widths = [max(w, len(c)) for w, c in zip(self.widths, cells, strict=True)]
+        return "  ".join(c.ljust(w) for c, w in zip(cells, self.widths, strict=True))
+
+    def add(self, report: SimReport) -> None:
+        print(self._line(row(report)), flush=True)
+        if report.receipt_failures:
+            print(f"    failed deliveries: {report.receipt_failures}", flush=True)
+        if report.drops:
+            print(f"    drops: {report.drops}", flush=True)
+
+
+def compare_300(seeds: int, table: Table) -> list[SimReport]:
+    """300 peers, ours against the original's policy over ``seeds`` seeds, two at a time."""
+    base = SimParams(nodes=300, messages=2000, message_rate=1000.0, settle_max=30.0)
+    reports: list[SimReport] = []
+    hops: dict[str, list[float]] = {}
+    for strategy in ("spread", "original"):
+        runs = run_local(seeded(replace(base, strategy=strategy), seeds), jobs=2)
+        for report in runs:
+            table.add(report)
+        hops[strategy] = [r.hops_mean for r in runs]
+        reports += runs
+    ours, theirs = hops["spread"], hops["original"]
+    lower = sum(a < b for a, b in zip(ours, theirs, strict=True))
+    print(
+        f"    300 peers over {seeds} seeds: hops mean {statistics.mean(ours):.2f} "
+        f"(sd {statistics.stdev(ours) if seeds > 1 else 0:.2f}) with at most 20 links, against "
+        f"{statistics.mean(theirs):.2f} (sd {statistics.stdev(theirs) if seeds > 1 else 0:.2f})"
+        f" for the original's policy; ours lower in {lower} "
+        f"of {seeds} seeds",
+        flush=True,
+    )
+    return reports
+
+
+def scenarios(quick: bool, full: bool, huge: bool) -> list[SimParams]:
+    """The single runs, smallest first."""
+    static = SimParams(nodes=1000, messages=10_000, message_rate=1000.0, settle_max=30.0)
+    churn = replace(static, message_rate=100.0, churn=0.1)
+    runs = [static, replace(static, config=ALONE), churn, replace(churn, config=ALONE)]
+    if not quick:
+        runs += [replace(static, nodes=10_000), replace(churn, nodes=10_000)]
+        if full:
+            runs.append(replace(static, nodes=10_000, config=ALONE))
+    if huge:
+        runs.append(replace(static, nodes=100_000, messages=2000, settle_max=10.0))
+    return runs
 
 
 def main() -> int:
-    """Run the scenarios and print a table."""
+    """Run the comparisons and print a table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="1,000 peers only")
+    parser.add_argument("--quick", action="store_true", help="no 10,000-peer runs")
+    parser.add_argument("--full", action="store_true", help="also 10,000 peers on own links")
     parser.add_argument("--huge", action="store_true", help="also 100,000 peers (long)")
-    parser.add_argument(
-        "--original-10k", action="store_true", help="also 0.0.2's policy at 10,000 peers"
-    )
+    parser.add_argument("--seeds", type=int, default=5, help="seeds of the 300-peer comparison")
     parser.add_argument("--json", metavar="FILE", help="also write every report as JSON")
     parser.add_argument("--compiled", action="store_true", help="run the core compiled by mypyc")
-    parser.add_argument(
-        "--send",
-        choices=SENDING,
-        default="deliver",
-        help="how messages are sent (default deliver; plain: as before sessions)",
-    )
     args = parser.parse_args()
     if args.compiled and not compiled.is_compiled():
         target = compiled.build()
         command = [sys.executable, *sys.argv]
         return subprocess.run(command, env=compiled.environ(target), check=False).returncode
-    print(f"core: {'compiled by mypyc' if compiled.is_compiled() else 'pure Python'}", flush=True)
-    reports: list[SimReport] = []
-    widths = [len(name) for name in ROWS]
-    print("  ".join(name.ljust(w) for name, w in zip(ROWS, widths, strict=True)), flush=True)
-    for params in scenarios(args.quick, args.huge, args.original_10k, args.send):
-        sys.stderr.write(f"{params.strategy} {params.nodes} peers, churn {params.churn:.0%}\n")
+    core = "compiled by mypyc" if compiled.is_compiled() else "pure Python"
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%M')}, core {core}, {os.cpu_count()} cores, load "
+        f"{os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
+    table = Table()
+    reports = compare_300(args.seeds, table)
+    for params in scenarios(args.quick, args.full, args.huge):
+        name = label(params.strategy, params.config)
+        sys.stderr.write(f"{name}: {params.nodes:,} peers, churn {params.churn:.0%}\n")
         start = time.perf_counter()
-        report = run_isolated(params, progress)
-        sys.stderr.write(f"\r  done in {time.perf_counter() - start:.0f} s".ljust(60) + "\n")
+        try:
+            report = run_isolated(params)
+        except SimulationTooLarge as exc:
+            print(f"{name}, {params.nodes:,} peers: stopped early: {exc}", flush=True)
+            continue
+        sys.stderr.write(f"  done in {time.perf_counter() - start:.0f} s\n")
         reports.append(report)
-        cells = row(report)
-        widths = [max(w, len(c)) for w, c in zip(widths, cells, strict=True)]
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)), flush=True)
-        if report.receipt_failures:
-            print(f"    failed deliveries: {report.receipt_failures}", flush=True)
-        print(f"    message frames: {report.message_frames}", flush=True)
-        if report.drops:
-            print(f"    drops: {report.drops}", flush=True)
+        table.add(report)
+    print(f"load at the end {os.getloadavg()[0]:.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as out:
             json.dump([r.as_dict() for r in reports], out, indent=1)

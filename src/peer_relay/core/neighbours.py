@@ -2,10 +2,12 @@
 ahead.
 
 Greedy forwarding over our own links gains about two bits of the target's id per hop. Each of our
-peers also tells us the ids of its open links (a ``links`` frame on the link: once when it opens,
-then when they changed, at most once per ``share_interval``); a message then goes to the linked
-peer that is itself closest to its target, or that is linked to a peer closer still. With 20 links
-a peer sees some 400 ids two hops away, and a hop gains about twice as much.
+peers also tells us the ids of its open links: in the key proof of a new link, then in a
+``links`` frame a second after they change (the first such frame soon, later ones at most once
+per ``share_interval``); a message then goes to the linked peer that is itself closest to its
+target, or that is linked to a peer closer still. With 20 links a peer sees up to 400 ids two
+hops away, and routes get shorter (``benchmarks/sim_scale.py``: 3.01 hops against 3.71 at 1,000
+peers).
 
 What a peer lists is a hint, not a promise: a link it listed may have closed since, and the hop
 after it then routes on its own knowledge. A peer that lists ids it is not linked to draws

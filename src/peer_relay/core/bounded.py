@@ -79,7 +79,32 @@ class BoundedMap(Generic[K, V]):
         return len(self.entries)
 
 
-class KeyFilter:
+class _Keys:
+    """What both duplicate filters hold: a set of keys, and the keys with their expiries in the
+    order they were added, those before ``_head`` forgotten."""
+
+    __slots__ = ("_expiries", "_head", "_order", "keys", "limit")
+
+    def __init__(self, limit: int) -> None:
+        self.keys: set[int] = set()
+        self.limit = limit
+        self._order = array("q")
+        self._expiries = array("d")
+        self._head = 0
+
+    def first_expiry(self) -> float | None:
+        """The expiry of the key at the front, if any."""
+        head = self._head
+        return self._expiries[head] if head < len(self._expiries) else None
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.keys
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+class KeyFilter(_Keys):
     """A duplicate filter: message keys (``hash()`` values), each remembered until its expiry,
     at most ``limit`` at once (the first added forgotten first).
 
@@ -89,15 +114,7 @@ class KeyFilter:
     :meth:`add`.
     """
 
-    __slots__ = ("_expiries", "_head", "_order", "keys", "limit")
-
-    def __init__(self, limit: int) -> None:
-        self.keys: set[int] = set()
-        self.limit = limit
-        self._order = array("q")
-        """The keys in the order they were added; those before ``_head`` are forgotten."""
-        self._expiries = array("d")
-        self._head = 0
+    __slots__ = ()
 
     def add(self, key: int, expiry: float) -> None:
         """Remember ``key`` (not there) until ``expiry``; forget the first added when over the
@@ -125,11 +142,6 @@ class KeyFilter:
         self._head = head
         self._compact()
 
-    def first_expiry(self) -> float | None:
-        """The expiry of the key at the front, if any."""
-        head = self._head
-        return self._expiries[head] if head < len(self._expiries) else None
-
     def _compact(self) -> None:
         head = self._head
         if head >= 16 and 2 * head >= len(self._order):
@@ -137,19 +149,13 @@ class KeyFilter:
             del self._expiries[:head]
             self._head = 0
 
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
 
 FORGOTTEN = -2
 """The date of a slot of :class:`DatedKeys` whose key was forgotten early (real dates are -1,
 undated, or a signed timestamp)."""
 
 
-class DatedKeys:
+class DatedKeys(_Keys):
     """The duplicate filter of signed messages: like :class:`KeyFilter`, each key with the date
     of its message (-1: undated); over the limit, the key of the earliest ``(date, key)`` is
     forgotten first (:meth:`add` returns it: the replay floor's rise).
@@ -159,18 +165,12 @@ class DatedKeys:
     per key.
     """
 
-    __slots__ = ("_base", "_by_date", "_dates", "_expiries", "_head", "_order", "keys", "limit")
+    __slots__ = ("_base", "_by_date", "_dates")
 
     def __init__(self, limit: int) -> None:
-        self.keys: set[int] = set()
-        self.limit = limit
-        self._order = array("q")
-        """The keys in the order they were added; those before ``_head`` are forgotten."""
-        self._expiries = array("d")
+        super().__init__(limit)
         self._dates = array("q")
         """Each slot's date, or :data:`FORGOTTEN`."""
-        self._head = 0
-        """The first slot remembered (never a forgotten one)."""
         self._base = 0
         """The number of the slot at the front of the arrays (the heap's slot numbers outlive
         a cut of the front): slot ``i`` is at ``i - _base``."""
@@ -243,11 +243,6 @@ class DatedKeys:
         ):
             self._by_date = None  # made again (without what expired) when next needed
 
-    def first_expiry(self) -> float | None:
-        """The expiry of the key at the front, if any."""
-        head = self._head
-        return self._expiries[head] if head < len(self._expiries) else None
-
     def _advance(self, head: int) -> None:
         """Move the front past ``head`` and the forgotten slots after it."""
         dates = self._dates
@@ -276,12 +271,6 @@ class DatedKeys:
         self._dates = array("q", [dates[at] for at in kept])
         self._head = 0
         self._by_date = None  # its slot numbers are void
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.keys
-
-    def __len__(self) -> int:
-        return len(self.keys)
 
 
 def expires_at(value: float) -> float:

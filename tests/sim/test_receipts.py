@@ -160,10 +160,10 @@ def test_receipts_get_at_least_999_in_1000_past_swallowing_relays() -> None:
     assert r.swallowers >= 5 and r.frames_swallowed > 0
     assert r.receipt_ratio >= 0.999, r.receipt_failures
     assert r.delivery_ratio >= 0.999
-    # Fire and forget without sessions, the same peers swallowing: 95.5% (92.5% before routes
+    # Fire and forget without sessions, the same peers swallowing: 93.9% (92.5% before routes
     # looked two hops ahead: fewer hops, fewer swallowers on the way).
     plain = run_simulation(replace(params, sending="plain"))
-    assert plain.swallowers == r.swallowers and plain.delivery_ratio < 0.97
+    assert plain.swallowers == r.swallowers and plain.delivery_ratio < 0.95
 
 
 def test_cli_no_receipts_runs_the_old_fire_and_forget_send(

@@ -84,11 +84,11 @@ from peer_relay.sim.runner import SimParams, run_simulation
 RUNS: dict[str, tuple[SimParams, str]] = {
     "static": (
         SimParams(nodes=150, messages=300, seed=21),
-        "07beaa09be590d45fa7a0b99285a7f3077f496c7eb4eb17cacc66aee556e79a2",
+        "e7e0fac0fdb971916dcdac6313394bbbc9b6475c1c10a860a95a1047e45181c5",
     ),
     "churn-with-loss": (
         SimParams(nodes=120, messages=250, seed=22, churn=0.15, loss=0.02),
-        "7759f6ff569001981a7af15405e005f865f7990b57e508636df56b8eb19276b1",
+        "bf066138a0e318ca457ce80bb2c93b1267b21779742dfbb1cb953dd52a8e73d4",
     ),
     "original-strategy": (
         SimParams(nodes=80, messages=150, seed=23, strategy="original"),
@@ -176,8 +176,8 @@ def _partition_trace() -> str:
 
 
 TRACES = {
-    False: "34175155f0d17ade0a3a84001f51906137621bf109666c017716786381e66af5",
-    True: "ae0fb4f320ee2603b30281bb399247dc94e2c351dd31a193bb914a78ce7ed087",
+    False: "63d65981dbbba0c03f8aa34c015345439b0e0234d433828aea6e63247e547b2f",
+    True: "615a7d053a65b5d32c69314cecce42f3c3cb258874e4badac851db54a320cd67",
 }
 
 
@@ -186,7 +186,7 @@ def test_event_trace_is_pinned(real_crypto: bool) -> None:
     assert _trace(real_crypto) == TRACES[real_crypto]
 
 
-PARTITION_TRACE = "60d6f65e9bc09a2075f2f139cb7e973cf0a1e913ae582f3a15bb7d50ac7d30ed"
+PARTITION_TRACE = "ec9ca69733326fcf3ce3dd1e85778ed3a539277fcf643095348c987784715ce3"
 
 
 def test_partition_and_redial_trace_is_pinned() -> None:

@@ -58,7 +58,7 @@ class Config:
     """How many next hops each message is forwarded to."""
     detour: bool = True
     """Forward even when no link is closer to the target than we are (else drop: no route)."""
-    max_detours: int = 3
+    max_detours: int = 5
     """Hops in a row a message may take without coming closer to its target (by id) before it
     is dropped (``no-route``): enough to go round a gap in a table, not to wander the network
     looking for a peer that has left."""
